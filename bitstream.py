@@ -1,0 +1,840 @@
+"""The gvcc bitstream, format version 1: the specification, and a reader and writer for it.
+
+This docstring is the format specification. Only the decoder is normative: a stream is valid when a decoder that
+follows section 9 accepts it. The code below implements this text and cites its sections. It imports only the
+Python standard library, so a reader can learn the whole format from this one file.
+
+
+1. Overview
+-----------
+A gvcc file holds one video clip. It is a header followed by the clip's GOPs (groups of pictures) in display
+order. The header carries every setting the decoder needs, all as integers: mode, model, codebook generator,
+sizes, frame count, frame rate, sampler settings, K, M, seed and prompt. Each GOP carries its coded still frames
+(I2V and FLF2V), its tail latent residual (when enabled) and its codebook symbols. For each SDE step and each
+latent frame these are the index set of the chosen atoms, coded as one combinatorial rank, then one sign bit
+per atom. The header ends in a CRC-32 and so does every GOP. The file size is the rate: there is no other
+container, and nothing is left out of the count.
+
+
+2. Conventions
+--------------
+- The whole file is read as one string of bits, most significant bit of each byte first. An integer of n bits,
+  written u(n), is therefore stored MSB first. When it is byte aligned and n is a multiple of 8 this is
+  big-endian byte order. Every field outside the codebook section (section 5.3) is byte aligned and a whole
+  number of bytes long.
+- f(n): n bits with a fixed value, always zero in version 1.
+- b(8*n): a string of n bytes, copied as is.
+- The one exception to big-endian order is inside the zlib-compressed residual blob (section 6). Its float32
+  scales are little-endian IEEE 754 binary32, as numpy writes '<f4'.
+- CRC-32 is the CRC of zlib, PNG and Ethernet (reflected polynomial 0xEDB88320, initial value 0xFFFFFFFF, final
+  XOR 0xFFFFFFFF). crc32(b"123456789") = 0xCBF43926. It is stored as u(32).
+- C(n, k) is the binomial coefficient, 0 when k > n. RankBits(m) = ceil(log2 C(K, m)), the bit length of
+  C(K, m) - 1, which is 0 when m = K. All of this is exact integer arithmetic: no value the decoder parses
+  depends on a floating-point result.
+
+
+3. File layout
+--------------
+    +--------------------------------+------------------+------------------+-----+----------------------+
+    | header (68 + model_len         | GOP 0            | GOP 1            | ... | GOP NumGops-1        |
+    |         + prompt_len bytes)    | (gop_size + 8)   | (gop_size + 8)   |     |                      |
+    +--------------------------------+------------------+------------------+-----+----------------------+
+
+    header: | fixed fields (64 bytes) | model | prompt | header_crc (4) |
+
+    GOP:    | gop_size (4) | [still_size (4) | still] x NumStills | [residual_size (4) | residual] | codebook
+            | zero bits to the byte boundary | gop_crc (4) |
+
+Nothing may follow the last GOP.
+
+
+4. Header
+---------
+    offset  size  element             descriptor   value
+    ------  ----  ------------------  -----------  ---------------------------------------------------------
+       0      4   magic               b(32)        "GVCC" (47 56 43 43)
+       4      1   version             u(8)         1
+       5      1   mode                u(8)         0 = t2v, 1 = i2v, 2 = flf2v
+       6      -   residual            u(1)         1: every GOP carries a tail latent residual (bit 7 of byte 6)
+       6      -   reserved_zero       f(7)         0 (bits 6..0 of byte 6)
+       7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v
+       8      4   model_fingerprint   u(32)        fingerprint of the weight files (computed by gvcc.py)
+      12      2   generator           u(16)        codebook generator id, >= 1 (1 = Philox4x32-10 + gvcc
+                                                   Gaussian transform v1)
+      14      2   src_width           u(16)        source width in pixels (rates are quoted against it)
+      16      2   src_height          u(16)        source height in pixels
+      18      2   width               u(16)        working width: the codec runs at it and the decoder outputs it
+      20      2   height              u(16)        working height
+      22      2   gop_frames          u(16)        G, frames per GOP, 4k+1
+      24      4   frames              u(32)        source frame count: the decoder outputs exactly this many
+      28      4   fps_num             u(32)        frame rate numerator, >= 1
+      32      4   fps_den             u(32)        frame rate denominator, >= 1
+      36      2   steps               u(16)        T, sampler steps
+      38      2   tail_steps          u(16)        ODE steps at the end that carry no bits, <= steps
+      40      4   g_scale_q           u(32)        diffusion scale g_scale in thousandths (3.0 -> 3000)
+      44      4   shift_q             u(32)        time-grid shift in thousandths (3.0 -> 3000), >= 1
+      48      4   K                   u(32)        codebook size (atoms per step and latent frame)
+      52      2   M                   u(16)        atoms chosen per step in an ordinary latent frame
+      54      2   M_tail              u(16)        atoms chosen per step in the last tail_frames latent frames
+      56      1   tail_frames         u(8)         number of latent frames at the end of a GOP that use M_tail
+      57      1   model_len           u(8)         length of model in bytes
+      58      2   prompt_len          u(16)        length of prompt in bytes
+      60      4   seed                u(32)        seed of the initial latent and of the codebooks
+      64      *   model               b(8*model_len)   model name from gvcc's MODELS table, printable ASCII
+       *      *   prompt              b(8*prompt_len)  text prompt, UTF-8
+       *      4   header_crc          u(32)        CRC-32 of every header byte before it (offset 0 on)
+
+
+5. GOP
+------
+5.1 Syntax
+
+    gop( g ) {                                                           descriptor
+        gop_size                                                         u(32)
+        for ( i = 0; i < NumStills( g ); i++ ) {
+            still_size                                                   u(32)
+            still                                                        b(8*still_size)
+        }
+        if ( residual ) {
+            residual_size                                                u(32)
+            residual_data                                                b(8*residual_size)
+        }
+        for ( j = 0; j < SdeSteps; j++ )
+            for ( f = 0; f < LatentFrames( g ); f++ ) {
+                m = AtomsForFrame( f, LatentFrames( g ) )
+                index_rank[ j ][ f ]                                     u(RankBits(m))
+                for ( i = 0; i < m; i++ )
+                    sign[ j ][ f ][ i ]                                  u(1)
+            }
+        while ( !byte_aligned( ) )
+            zero_bit                                                     f(1)
+        gop_crc                                                          u(32)
+    }
+
+5.2 Semantics
+- gop_size: the number of bytes after gop_size and before gop_crc. A GOP is gop_size + 8 bytes long. The
+  codebook part has a length fixed by the header (section 5.3), so gop_size must equal
+  sum over stills (4 + still_size) + (4 + residual_size if residual) + CodebookBytes( g ).
+- gop_crc: the CRC-32 of every byte of the GOP before it, from gop_size on.
+- still: one coded still frame, an AVIF file, at the working size width x height. NumStills( g ) and which
+  frame each still shows are given in section 7.
+- residual_data: the tail residual blob of section 6.
+- SdeSteps = steps - tail_steps. Only the first SdeSteps sampler steps inject codebook atoms. The tail steps
+  carry no bits. SdeSteps may be 0, and then a GOP has no codebook symbols.
+- AtomsForFrame( f, L ) = M_tail if f >= L - tail_frames, else M. Latent frame f is one of the L latent frames
+  of the GOP, L = LatentFrames( g ). In a short last GOP with L <= tail_frames, every frame uses M_tail.
+- index_rank[ j ][ f ]: the lexicographic rank (section 5.4) of the set S of atom indices chosen at SDE step j
+  for latent frame f. S has m distinct elements in 0..K-1, and index_rank < C(K, m).
+- sign[ j ][ f ][ i ]: the sign of the atom with the i-th smallest index in S. 0 = +1, 1 = -1.
+- Bits per (step, latent frame) = RankBits(m) + m. CodebookBits( g ) is their sum over the GOP, and
+  CodebookBytes( g ) = ceil(CodebookBits( g ) / 8).
+
+5.3 Bit packing
+The codebook section starts on a byte boundary, just after the last byte-aligned field of the GOP. Its fields
+follow each other with no gaps, MSB first, in the loop order above: for each j, then for each f, the rank and
+then the m sign bits. Zero bits fill the last byte.
+
+5.4 Lexicographic rank of an index set
+Write S sorted ascending as c_0 < c_1 < ... < c_{m-1}. rank(S) is the number of m-element subsets of 0..K-1
+whose ascending sequence comes before (c_0, ..., c_{m-1}) in lexicographic order. With c_{-1} = -1:
+
+    rank(S) = sum_{i=0}^{m-1}  sum_{v=c_{i-1}+1}^{c_i - 1}  C(K - 1 - v, m - 1 - i)
+
+The inner term counts the subsets that agree with S before position i and put the smaller value v at position i.
+The rank of {0, 1, ..., m-1} is 0 and the rank of {K-m, ..., K-1} is C(K, m) - 1.
+
+Worked example, K = 5, m = 2. C(5, 2) = 10, so RankBits = 4. In order the subsets are
+    {0,1}=0 {0,2}=1 {0,3}=2 {0,4}=3 {1,2}=4 {1,3}=5 {1,4}=6 {2,3}=7 {2,4}=8 {3,4}=9
+For S = {1, 3}: position 0 skips v = 0, which adds C(4, 1) = 4, and position 1 skips v = 2, which adds C(2, 0) = 1.
+So rank = 5. With signs (+, -), the symbol is u(4) = 0101 and then the sign bits 0 1, giving the bits 010101.
+
+combination_rank and combination_unrank below compute this by walking v from 0 to K-1 once. They keep the one
+binomial the walk needs and update it with one small-integer multiply and divide per step:
+C(n-1, k) = C(n, k) (n-k) / n and C(n-1, k-1) = C(n, k) k / n. At K = 16384, M = 128 this takes milliseconds, and a
+port needs only big-integer addition, comparison, and multiplication and division by small integers.
+
+
+6. Tail residual blob
+---------------------
+    residual_data = zlib( scales || q )          (RFC 1950 zlib stream; any compression level)
+    scales: n_channels float32, little-endian    one per latent channel (16), finite and >= 0
+    q:      n_channels * n_values int8           two's complement, channel-major: q[c * n_values + y * w + x]
+
+The residual covers the last latent frame of the GOP: n_channels = 16 and n_values = h * w, where
+h = 2 * ceil(height / 16) and w = 2 * ceil(width / 16) is the latent size of the padded working frame. The
+dequantised residual is scale_c * q / 127. gvcc.py adds it to the final latent of that frame before VAE
+decoding. In I2V mode that corrected frame is also the next GOP's reference. The decoder decompresses no more
+than 4 * n_channels + n_channels * n_values + 1 bytes, and rejects the blob unless the output is exactly
+4 * n_channels + n_channels * n_values bytes and the zlib stream ends there with no trailing data.
+
+
+7. GOP layout (normative)
+-------------------------
+G = gop_frames. The source frames 0..frames-1 are split into GOPs:
+- t2v: the GOPs do not overlap. GOP g covers frames [g G, g G + G), and NumGops = ceil(frames / G).
+- i2v, flf2v: the stride is G - 1, so consecutive GOPs share their boundary frame. GOP g covers frames
+  [g (G-1), g (G-1) + G), and NumGops = ceil((frames - 1) / (G - 1)).
+For each GOP:
+- first_frame is g G (t2v) or g (G - 1) (i2v and flf2v).
+- n_frames = min(G, frames - first_frame).
+- n_padded = 4 ceil((n_frames - 1) / 4) + 1. A short last GOP is padded to this length by repeating its last
+  frame.
+- LatentFrames( g ) = (n_padded - 1) / 4 + 1.
+- Stills, in display order. t2v has none. In i2v, GOP 0 has 1 still, of frame 0. In flf2v, GOP 0 has 2 stills,
+  of frame 0 and of its last frame first_frame + n_frames - 1, and every later GOP has 1 still, of its last frame.
+  Its first frame is the previous GOP's last still.
+Output: the decoder outputs the first n_frames frames of GOP 0. For each later GOP it outputs frames 1..n_frames-1
+in i2v and flf2v, because frame 0 is the previous GOP's last frame, and frames 0..n_frames-1 in t2v. That is
+exactly `frames` frames.
+
+
+8. Limits
+---------
+Every size field has a maximum. The decoder checks each one before it allocates anything that depends on the
+field, so a forged header cannot make it allocate more than these limits allow.
+Memory use is linear in the stream length.
+
+    element                           limit
+    --------------------------------  ---------------------------------------------------------------------
+    src_width, src_height             1 .. 65535
+    width, height                     1 .. 4096
+    frames                            1 .. 262144 (2^18); >= 2 in i2v and flf2v
+    gop_frames                        5 .. 257, and gop_frames = 1 (mod 4)
+    steps                             1 .. 1000;  tail_steps 0 .. steps
+    K                                 2 .. 65536
+    M, M_tail                         1 .. min(K, 4096); M_tail = M when tail_frames = 0
+    tail_frames                       0 .. (gop_frames - 1) / 4 + 1
+    model_len                         1 .. 64
+    prompt_len                        0 .. 16384
+    still_size                        1 .. 2^24 (16 MiB)
+    residual_size                     1 .. 2^24 (16 MiB); n_channels 1 .. 64, n_channels * n_values <= 2^22
+    gop_size                          0 .. 2^30 (1 GiB)
+    g_scale_q                         0 .. 10^6;  shift_q 1 .. 10^6
+    fps_num, fps_den                  1 .. 2^32 - 1;  still_quality 0 .. 100 (0 in t2v)
+    generator                         1 .. 65535
+
+
+9. Decoder obligations (normative)
+----------------------------------
+A decoder reads the header and then NumGops GOPs, in this order. It rejects the stream with an error, and
+outputs nothing, when any of these checks fails:
+- magic is not "GVCC", or version is not 1. Both are checked before anything else.
+- The stream ends before a field it needs.
+- header_crc or a gop_crc does not match. Each is checked before the fields it covers are interpreted.
+- mode > 2, a reserved bit or a padding bit is not zero, a field is outside its limit (section 8), model is not
+  printable ASCII (0x21..0x7E), or prompt is not valid UTF-8.
+- gop_size does not match the GOP's contents, or an index_rank is >= C(K, m).
+- Bytes follow the last GOP.
+- A residual blob breaks section 6 (checked when it is unpacked).
+It then decodes each GOP as method.md and gvcc.py describe. It uses model_fingerprint and generator to refuse
+a stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
+
+
+10. Encoder obligations
+-----------------------
+- Write every field within its limits, with zero reserved and padding bits. Write fps as a reduced fraction.
+- Send each index set as the sorted set S of the atoms chosen by the matching in gvcc.py, and the sign of each
+  atom, with zero counted as +.
+- Code the stills of section 7 at the working size, with AVIF quality still_quality. Encoder and decoder both
+  condition on the decoded stills, never on the source frames.
+- When residual = 1, write in each GOP the blob of section 6 for the GOP's last latent frame, made from that
+  frame's final latent as the decoder will compute it.
+"""
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import NamedTuple
+
+
+# ==================================================================================================
+# Constants and limits (spec sections 4 and 8)
+# ==================================================================================================
+
+MAGIC = b"GVCC"
+VERSION = 1
+MODES = ("t2v", "i2v", "flf2v")          # mode field value -> name
+
+MAX_SRC_SIZE = 65535
+MAX_SIZE = 4096                          # working width and height
+MAX_FRAMES = 1 << 18
+MIN_GOP_FRAMES, MAX_GOP_FRAMES = 5, 257
+MAX_STEPS = 1000
+MIN_K, MAX_K = 2, 65536
+MAX_M = 4096
+MAX_MODEL_LEN = 64
+MAX_PROMPT_LEN = 16384
+MAX_STILL_SIZE = 1 << 24
+MAX_RESIDUAL_SIZE = 1 << 24
+MAX_RESIDUAL_CHANNELS = 64
+MAX_RESIDUAL_VALUES = 1 << 22            # n_channels * n_values
+MAX_GOP_SIZE = 1 << 30
+MAX_Q = 10 ** 6                          # g_scale_q, shift_q
+
+# The 64 bytes after the magic are fixed-width fields: (element, size in bytes), in file order, each u(8*size).
+# Byte 6 ("flags") holds residual u(1) and reserved_zero f(7).
+HEADER_FIELDS = (
+    ("version", 1), ("mode", 1), ("flags", 1), ("still_quality", 1),
+    ("model_fingerprint", 4), ("generator", 2),
+    ("src_width", 2), ("src_height", 2), ("width", 2), ("height", 2),
+    ("gop_frames", 2), ("frames", 4), ("fps_num", 4), ("fps_den", 4),
+    ("steps", 2), ("tail_steps", 2), ("g_scale_q", 4), ("shift_q", 4),
+    ("K", 4), ("M", 2), ("M_tail", 2), ("tail_frames", 1),
+    ("model_len", 1), ("prompt_len", 2), ("seed", 4),
+)
+FIXED_HEADER_BYTES = 64                  # magic + HEADER_FIELDS
+GOP_FRAMING_BYTES = 8                    # gop_size + gop_crc
+
+
+class BitstreamError(Exception):
+    """A stream (or a stream about to be written) breaks the gvcc format; the message is one line."""
+
+
+# ==================================================================================================
+# Header and GOP objects
+# ==================================================================================================
+
+@dataclass(frozen=True)
+class Header:
+    mode: str                # 't2v' | 'i2v' | 'flf2v'
+    model: str               # model name from gvcc's MODELS table (printable ASCII, e.g. 't2v-1.3B')
+    model_fingerprint: int   # u32, computed by gvcc.py from the weight files
+    generator: int           # codebook generator id (1 = Philox4x32-10 + gvcc Gaussian transform v1)
+    src_width: int           # source video width (rates are quoted against it)
+    src_height: int          # source video height
+    width: int               # working width the codec runs at and the decoder outputs
+    height: int              # working height
+    frames: int              # source frame count (the decoder outputs exactly this many)
+    fps_num: int             # frame rate numerator
+    fps_den: int             # frame rate denominator
+    gop_frames: int          # 4k+1 (33)
+    steps: int               # T (20)
+    tail_steps: int          # ODE steps at the end, no bits (3)
+    g_scale_q: int           # g_scale in thousandths (3.0 -> 3000)
+    shift_q: int             # shift in thousandths
+    K: int                   # codebook size
+    M: int                   # atoms per (SDE step, latent frame)
+    M_tail: int              # atoms in the last `tail_frames` latent frames of a GOP (= M when tail_frames = 0)
+    tail_frames: int         # latent frames at the end of each GOP that use M_tail
+    seed: int                # u32
+    still_quality: int       # AVIF quality of coded still frames (0 when the mode has none)
+    residual: int            # 1: each GOP carries a tail latent residual (I2V)
+    prompt: str              # UTF-8 text prompt
+
+
+@dataclass
+class Gop:
+    symbols: list            # [sde step j][latent frame f] -> (indices sorted ascending, signs 0 = + / 1 = -)
+    stills: list = field(default_factory=list)   # bytes of each AVIF still this GOP introduces, display order
+    residual: bytes = b""    # packed tail residual blob (b"" when header.residual == 0)
+
+
+class GopInfo(NamedTuple):
+    first_frame: int         # first source frame the GOP covers
+    n_frames: int            # source frames it covers
+    n_padded: int            # n_frames padded up to 4k+1 by repeating the last frame
+    latent_frames: int       # (n_padded - 1) / 4 + 1
+    n_stills: int            # stills the GOP carries
+
+
+def _check_range(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BitstreamError(f"header: {name} = {value!r} is outside {lo}..{hi}")
+
+
+def check_header(h):
+    """Raise BitstreamError unless every header field is within the format's limits (spec section 8)."""
+    if h.mode not in MODES:
+        raise BitstreamError(f"header: unknown mode {h.mode!r} (expected one of {', '.join(MODES)})")
+    if not isinstance(h.model, str) or not 1 <= len(h.model) <= MAX_MODEL_LEN or \
+            any(not 0x21 <= ord(ch) <= 0x7E for ch in h.model):
+        raise BitstreamError(f"header: model name {h.model!r} is not 1..{MAX_MODEL_LEN} printable ASCII characters")
+    if not isinstance(h.prompt, str):
+        raise BitstreamError("header: prompt is not a string")
+    try:
+        prompt_len = len(h.prompt.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BitstreamError("header: prompt cannot be encoded as UTF-8 (lone surrogate)") from None
+    if prompt_len > MAX_PROMPT_LEN:
+        raise BitstreamError(f"header: prompt is {prompt_len} bytes, the limit is {MAX_PROMPT_LEN}")
+    _check_range("model_fingerprint", h.model_fingerprint, 0, 0xFFFFFFFF)
+    _check_range("generator", h.generator, 1, 0xFFFF)
+    _check_range("src_width", h.src_width, 1, MAX_SRC_SIZE)
+    _check_range("src_height", h.src_height, 1, MAX_SRC_SIZE)
+    _check_range("width", h.width, 1, MAX_SIZE)
+    _check_range("height", h.height, 1, MAX_SIZE)
+    _check_range("frames", h.frames, 1 if h.mode == "t2v" else 2, MAX_FRAMES)
+    _check_range("fps_num", h.fps_num, 1, 0xFFFFFFFF)
+    _check_range("fps_den", h.fps_den, 1, 0xFFFFFFFF)
+    _check_range("gop_frames", h.gop_frames, MIN_GOP_FRAMES, MAX_GOP_FRAMES)
+    if h.gop_frames % 4 != 1:
+        raise BitstreamError(f"header: gop_frames = {h.gop_frames} is not of the form 4k+1")
+    _check_range("steps", h.steps, 1, MAX_STEPS)
+    _check_range("tail_steps", h.tail_steps, 0, h.steps)
+    _check_range("g_scale_q", h.g_scale_q, 0, MAX_Q)
+    _check_range("shift_q", h.shift_q, 1, MAX_Q)
+    _check_range("K", h.K, MIN_K, MAX_K)
+    _check_range("M", h.M, 1, min(h.K, MAX_M))
+    _check_range("M_tail", h.M_tail, 1, min(h.K, MAX_M))
+    _check_range("tail_frames", h.tail_frames, 0, (h.gop_frames - 1) // 4 + 1)
+    if h.tail_frames == 0 and h.M_tail != h.M:
+        raise BitstreamError(f"header: M_tail = {h.M_tail} differs from M = {h.M} but tail_frames is 0")
+    _check_range("seed", h.seed, 0, 0xFFFFFFFF)
+    _check_range("still_quality", h.still_quality, 0, 0 if h.mode == "t2v" else 100)
+    _check_range("residual", h.residual, 0, 1)
+
+
+# ==================================================================================================
+# GOP layout (spec sections 5.2 and 7)
+# ==================================================================================================
+
+def num_gops(header):
+    """NumGops: how many GOPs the header's frame count needs (spec section 7)."""
+    G = header.gop_frames
+    if header.mode == "t2v":
+        return -(-header.frames // G)
+    return max(1, -(-(header.frames - 1) // (G - 1)))
+
+
+def gop_layout(header):
+    """The GOPs of a clip, in order: a list of GopInfo (spec section 7, normative)."""
+    G = header.gop_frames
+    stride = G if header.mode == "t2v" else G - 1
+    layout = []
+    for g in range(num_gops(header)):
+        first = g * stride
+        n_frames = min(G, header.frames - first)
+        n_padded = 4 * (-(-(n_frames - 1) // 4)) + 1
+        if header.mode == "t2v":
+            n_stills = 0
+        elif header.mode == "i2v":
+            n_stills = 1 if g == 0 else 0
+        else:                                                    # flf2v: first and last, then last only
+            n_stills = 2 if g == 0 else 1
+        layout.append(GopInfo(first, n_frames, n_padded, (n_padded - 1) // 4 + 1, n_stills))
+    return layout
+
+
+def atoms_for_frame(header, f, latent_frames):
+    """AtomsForFrame: M_tail in the last tail_frames latent frames of a GOP, M elsewhere."""
+    return header.M_tail if f >= latent_frames - header.tail_frames else header.M
+
+
+@lru_cache(maxsize=64)
+def _num_subsets(K, m):
+    return math.comb(K, m)
+
+
+def rank_bits(K, m):
+    """RankBits(m) = ceil(log2 C(K, m)): the width of index_rank."""
+    return (_num_subsets(K, m) - 1).bit_length()
+
+
+def codebook_bits(header, latent_frames):
+    """(rank bits, sign bits) of one GOP with `latent_frames` latent frames."""
+    sde_steps = header.steps - header.tail_steps
+    ranks = signs = 0
+    for f in range(latent_frames):
+        m = atoms_for_frame(header, f, latent_frames)
+        ranks += sde_steps * rank_bits(header.K, m)
+        signs += sde_steps * m
+    return ranks, signs
+
+
+# ==================================================================================================
+# Index sets: lexicographic rank (spec section 5.4)
+# ==================================================================================================
+# Both functions walk v = 0, 1, ... keeping b = C(n, k): n = K-1-v values lie above v, k elements are still to
+# be placed after the current position. b counts the subsets that put v at the current position.
+
+def combination_rank(indices, K):
+    """Lexicographic rank of a sorted set of distinct integers in 0..K-1 among all subsets of its size."""
+    M = len(indices)
+    if M == 0:
+        return 0
+    prev = -1
+    for c in indices:
+        if not isinstance(c, int) or not prev < c < K:
+            raise BitstreamError(f"index set is not strictly ascending within 0..{K - 1} (at {c!r})")
+        prev = c
+    rank, v, n, k = 0, 0, K - 1, M - 1
+    b = math.comb(n, k)
+    for c in indices:
+        while v < c:                     # skip v: all subsets with v here come first
+            rank += b
+            b = b * (n - k) // n         # C(n-1, k)
+            n, v = n - 1, v + 1
+        if k:                            # take v = c, move to the next position
+            b = b * k // n               # C(n-1, k-1)
+        n, k, v = n - 1, k - 1, v + 1
+    return rank
+
+
+def combination_unrank(rank, K, M):
+    """The sorted M-subset of 0..K-1 whose lexicographic rank is `rank` (inverse of combination_rank)."""
+    if not 0 <= M <= K:
+        raise BitstreamError(f"cannot choose {M} of {K} atoms")
+    if not 0 <= rank < _num_subsets(K, M):
+        raise BitstreamError(f"rank {rank} is not below C({K}, {M})")
+    if M == 0:
+        return []
+    indices = []
+    v, n, k = 0, K - 1, M - 1
+    b = math.comb(n, k)
+    for _ in range(M):
+        while rank >= b:
+            rank -= b
+            b = b * (n - k) // n
+            n, v = n - 1, v + 1
+        indices.append(v)
+        if k:
+            b = b * k // n
+        n, k, v = n - 1, k - 1, v + 1
+    return indices
+
+
+# ==================================================================================================
+# Tail residual blob (spec section 6)
+# ==================================================================================================
+
+def _residual_sizes(n_channels, n_values):
+    if not isinstance(n_channels, int) or not 1 <= n_channels <= MAX_RESIDUAL_CHANNELS:
+        raise BitstreamError(f"residual: {n_channels!r} channels is outside 1..{MAX_RESIDUAL_CHANNELS}")
+    if not isinstance(n_values, int) or not 0 <= n_values * n_channels <= MAX_RESIDUAL_VALUES:
+        raise BitstreamError(f"residual: {n_channels} x {n_values!r} values exceed the limit {MAX_RESIDUAL_VALUES}")
+    return 4 * n_channels + n_channels * n_values
+
+
+def pack_residual(scales, q):
+    """zlib(float32 LE scales || int8 values): the residual blob of one GOP (spec section 6)."""
+    q = bytes(q)
+    n_channels = len(scales)
+    if n_channels == 0 or len(q) % n_channels:
+        raise BitstreamError(f"residual: {len(q)} values do not split into {n_channels} channels")
+    _residual_sizes(n_channels, len(q) // n_channels)
+    for c, s in enumerate(scales):
+        if not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
+            raise BitstreamError(f"residual: scale {c} = {s!r} is not a finite non-negative number")
+    try:
+        raw = struct.pack(f"<{n_channels}f", *scales) + q
+    except (OverflowError, struct.error):
+        raise BitstreamError("residual: a scale does not fit in a float32") from None
+    blob = zlib.compress(raw, 9)
+    if len(blob) > MAX_RESIDUAL_SIZE:
+        raise BitstreamError(f"residual: blob is {len(blob)} bytes, the limit is {MAX_RESIDUAL_SIZE}")
+    return blob
+
+
+def unpack_residual(blob, n_channels, n_values):
+    """(scales: list[float], q: bytes of int8) from a residual blob; never inflates past the expected size."""
+    expected = _residual_sizes(n_channels, n_values)
+    if not 1 <= len(blob) <= MAX_RESIDUAL_SIZE:
+        raise BitstreamError(f"residual: blob is {len(blob)} bytes, outside 1..{MAX_RESIDUAL_SIZE}")
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(bytes(blob), expected + 1)     # bounded: a zlib bomb stops here
+    except zlib.error as exc:
+        raise BitstreamError(f"residual: not a valid zlib stream ({exc})") from None
+    if len(raw) != expected or not inflater.eof or inflater.unused_data:
+        raise BitstreamError(f"residual: blob does not hold exactly {expected} bytes in one zlib stream")
+    scales = list(struct.unpack(f"<{n_channels}f", raw[:4 * n_channels]))
+    for c, s in enumerate(scales):
+        if not math.isfinite(s) or s < 0:
+            raise BitstreamError(f"residual: scale {c} = {s!r} is not a finite non-negative float32")
+    return scales, raw[4 * n_channels:]
+
+
+# ==================================================================================================
+# Bit writer and reader (spec sections 2 and 5.3)
+# ==================================================================================================
+
+class _BitWriter:
+    """Appends u(n) fields MSB first; whole bytes are flushed as soon as they are complete."""
+
+    def __init__(self):
+        self.out = bytearray()
+        self.acc = 0                     # pending bits, the oldest in the most significant place
+        self.n_acc = 0
+
+    def put(self, value, n):
+        self.acc = (self.acc << n) | value
+        self.n_acc += n
+        n_bytes = self.n_acc >> 3
+        if n_bytes:
+            self.n_acc -= 8 * n_bytes
+            self.out += (self.acc >> self.n_acc).to_bytes(n_bytes, "big")
+            self.acc &= (1 << self.n_acc) - 1
+
+    def finish(self):
+        if self.n_acc:
+            self.put(0, 8 - self.n_acc)  # zero_bit padding to the byte boundary
+        return bytes(self.out)
+
+
+class _BitReader:
+    """Reads u(n) fields MSB first from a byte string whose length the caller has already checked."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0                     # in bits
+
+    def get(self, n):
+        if n == 0:
+            return 0
+        end = self.pos + n
+        first, last = self.pos >> 3, (end + 7) >> 3
+        value = int.from_bytes(self.data[first:last], "big") >> ((last << 3) - end)
+        self.pos = end
+        return value & ((1 << n) - 1)
+
+
+# ==================================================================================================
+# Writing (spec sections 4 and 5; encoder obligations in section 10)
+# ==================================================================================================
+
+def _u(value, n_bytes):
+    return value.to_bytes(n_bytes, "big")
+
+
+def write_header(header):
+    """The header bytes, header_crc included."""
+    check_header(header)
+    model = header.model.encode("ascii")
+    prompt = header.prompt.encode("utf-8")
+    values = {name: getattr(header, name, None) for name, _ in HEADER_FIELDS}
+    values.update(version=VERSION, mode=MODES.index(header.mode), flags=header.residual << 7,
+                  model_len=len(model), prompt_len=len(prompt))
+    out = MAGIC + b"".join(_u(values[name], size) for name, size in HEADER_FIELDS) + model + prompt
+    return out + _u(zlib.crc32(out), 4)
+
+
+def _check_symbols(header, g, symbols, latent_frames):
+    sde_steps = header.steps - header.tail_steps
+    if len(symbols) != sde_steps:
+        raise BitstreamError(f"GOP {g}: {len(symbols)} SDE steps of symbols, expected {sde_steps}")
+    for j, step in enumerate(symbols):
+        if len(step) != latent_frames:
+            raise BitstreamError(f"GOP {g} step {j}: {len(step)} latent frames of symbols, expected {latent_frames}")
+        for f, (indices, signs) in enumerate(step):
+            m = atoms_for_frame(header, f, latent_frames)
+            if len(indices) != m or len(signs) != m:
+                raise BitstreamError(f"GOP {g} step {j} frame {f}: {len(indices)} indices and {len(signs)} signs,"
+                                     f" expected {m} of each")
+            if any(s not in (0, 1) for s in signs):
+                raise BitstreamError(f"GOP {g} step {j} frame {f}: signs must be 0 (+) or 1 (-)")
+            prev = -1
+            for c in indices:
+                if not isinstance(c, int) or not prev < c < header.K:
+                    raise BitstreamError(f"GOP {g} step {j} frame {f}: indices are not strictly ascending"
+                                         f" within 0..{header.K - 1}")
+                prev = c
+
+
+def write_stream(header, gops):
+    """Serialise a header and its GOPs (one Gop per entry of gop_layout(header)) to bytes."""
+    head = write_header(header)
+    layout = gop_layout(header)
+    if len(gops) != len(layout):
+        raise BitstreamError(f"{len(gops)} GOPs given, the header's frame count needs {len(layout)}")
+    parts = [head]
+    for g, (info, gop) in enumerate(zip(layout, gops)):
+        body = bytearray()
+        if len(gop.stills) != info.n_stills:
+            raise BitstreamError(f"GOP {g}: {len(gop.stills)} stills given, mode {header.mode} needs {info.n_stills}")
+        for still in gop.stills:
+            if not 1 <= len(still) <= MAX_STILL_SIZE:
+                raise BitstreamError(f"GOP {g}: still of {len(still)} bytes is outside 1..{MAX_STILL_SIZE}")
+            body += _u(len(still), 4) + bytes(still)
+        if header.residual:
+            if not 1 <= len(gop.residual) <= MAX_RESIDUAL_SIZE:
+                raise BitstreamError(f"GOP {g}: residual of {len(gop.residual)} bytes is outside 1..{MAX_RESIDUAL_SIZE}")
+            body += _u(len(gop.residual), 4) + bytes(gop.residual)
+        elif gop.residual:
+            raise BitstreamError(f"GOP {g}: carries a residual but the header's residual flag is 0")
+        _check_symbols(header, g, gop.symbols, info.latent_frames)
+        bits = _BitWriter()
+        for step in gop.symbols:
+            for f, (indices, signs) in enumerate(step):
+                m = len(indices)
+                bits.put(combination_rank(list(indices), header.K), rank_bits(header.K, m))
+                bits.put(int("".join("01"[s] for s in signs), 2), m)
+        body += bits.finish()
+        if len(body) > MAX_GOP_SIZE:
+            raise BitstreamError(f"GOP {g}: {len(body)} bytes, the limit is {MAX_GOP_SIZE}")
+        gop_bytes = _u(len(body), 4) + bytes(body)
+        parts.append(gop_bytes + _u(zlib.crc32(gop_bytes), 4))
+    return b"".join(parts)
+
+
+# ==================================================================================================
+# Reading (spec sections 4, 5 and 9)
+# ==================================================================================================
+
+def _need(data, pos, n, what):
+    if len(data) - pos < n:
+        raise BitstreamError(f"truncated stream: {what} needs {n} bytes at offset {pos}, only {len(data) - pos} remain")
+
+
+def _inside(pos, n, end, g, what):
+    if end - pos < n:
+        raise BitstreamError(f"GOP {g}: {what} ({n} bytes at offset {pos}) runs past the end given by gop_size")
+
+
+def _get(data, pos, n):
+    return int.from_bytes(data[pos:pos + n], "big")
+
+
+def _read_header(data):
+    """(header, header length in bytes)."""
+    try:
+        data = memoryview(data)
+    except TypeError:
+        raise BitstreamError(f"expected bytes, got {type(data).__name__}") from None
+    _need(data, 0, 4, "magic")
+    if bytes(data[:4]) != MAGIC:
+        raise BitstreamError(f"not a gvcc stream: bad magic {bytes(data[:4])!r} (expected {MAGIC!r})")
+    _need(data, 4, 1, "version")
+    if data[4] != VERSION:
+        raise BitstreamError(f"unsupported gvcc format version {data[4]} (this decoder reads version {VERSION})")
+    _need(data, 0, FIXED_HEADER_BYTES, "fixed header")
+    raw, pos = {}, 4
+    for name, size in HEADER_FIELDS:
+        raw[name] = _get(data, pos, size)
+        pos += size
+    if raw["model_len"] > MAX_MODEL_LEN:
+        raise BitstreamError(f"header: model_len = {raw['model_len']} exceeds the limit {MAX_MODEL_LEN}")
+    if raw["prompt_len"] > MAX_PROMPT_LEN:
+        raise BitstreamError(f"header: prompt_len = {raw['prompt_len']} exceeds the limit {MAX_PROMPT_LEN}")
+    length = FIXED_HEADER_BYTES + raw["model_len"] + raw["prompt_len"]
+    _need(data, 0, length + 4, "header (model, prompt and header_crc)")
+    stored, computed = _get(data, length, 4), zlib.crc32(data[:length])
+    if stored != computed:
+        raise BitstreamError(f"header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    if raw["mode"] >= len(MODES):
+        raise BitstreamError(f"header: unknown mode {raw['mode']}")
+    if raw["flags"] & 0x7F:
+        raise BitstreamError(f"header: reserved bits are not zero (flags byte {raw['flags']:#04x})")
+    model = bytes(data[FIXED_HEADER_BYTES:FIXED_HEADER_BYTES + raw["model_len"]])
+    if any(not 0x21 <= ch <= 0x7E for ch in model) or not model:
+        raise BitstreamError(f"header: model name {model!r} is not 1..{MAX_MODEL_LEN} printable ASCII characters")
+    try:
+        prompt = bytes(data[FIXED_HEADER_BYTES + raw["model_len"]:length]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BitstreamError("header: prompt is not valid UTF-8") from None
+    fields = {name: raw[name] for name in Header.__dataclass_fields__ if name in raw and name != "mode"}
+    header = Header(mode=MODES[raw["mode"]], model=model.decode("ascii"), prompt=prompt,
+                    residual=raw["flags"] >> 7, **fields)
+    check_header(header)
+    return header, length + 4
+
+
+def read_header(data):
+    """The Header of a stream; `data` needs to hold only the header's bytes."""
+    return _read_header(data)[0]
+
+
+def _walk(data, decode_symbols):
+    """Parse a whole stream: (header, header length, list of per-GOP dicts). Every check of section 9 is here."""
+    header, pos = _read_header(data)
+    header_bytes = pos
+    data = memoryview(data)
+    n_gops = num_gops(header)
+    # Each GOP is at least 8 bytes: reject a forged frame count before building a long layout.
+    _need(data, pos, GOP_FRAMING_BYTES * n_gops, f"{n_gops} GOPs")
+    gops = []
+    for g, info in enumerate(gop_layout(header)):
+        start = pos
+        _need(data, pos, 4, f"GOP {g} gop_size")
+        gop_size = _get(data, pos, 4)
+        if gop_size > MAX_GOP_SIZE:
+            raise BitstreamError(f"GOP {g}: gop_size = {gop_size} exceeds the limit {MAX_GOP_SIZE}")
+        _need(data, pos, gop_size + GOP_FRAMING_BYTES, f"GOP {g}")
+        end = pos + 4 + gop_size
+        stored, computed = _get(data, end, 4), zlib.crc32(data[start:end])
+        if stored != computed:
+            raise BitstreamError(f"GOP {g}: CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+        pos += 4
+        stills = []
+        for i in range(info.n_stills):
+            _inside(pos, 4, end, g, f"still {i} still_size")
+            size = _get(data, pos, 4)
+            if not 1 <= size <= MAX_STILL_SIZE:
+                raise BitstreamError(f"GOP {g}: still_size = {size} is outside 1..{MAX_STILL_SIZE}")
+            _inside(pos + 4, size, end, g, f"still {i}")
+            stills.append(bytes(data[pos + 4:pos + 4 + size]))
+            pos += 4 + size
+        residual = b""
+        if header.residual:
+            _inside(pos, 4, end, g, "residual_size")
+            size = _get(data, pos, 4)
+            if not 1 <= size <= MAX_RESIDUAL_SIZE:
+                raise BitstreamError(f"GOP {g}: residual_size = {size} is outside 1..{MAX_RESIDUAL_SIZE}")
+            _inside(pos + 4, size, end, g, "residual_data")
+            residual = bytes(data[pos + 4:pos + 4 + size])
+            pos += 4 + size
+        n_rank, n_sign = codebook_bits(header, info.latent_frames)
+        n_bytes = (n_rank + n_sign + 7) // 8
+        if end - pos != n_bytes:
+            raise BitstreamError(f"GOP {g}: gop_size = {gop_size} does not match its contents "
+                                 f"({end - pos} bytes left for a codebook of {n_bytes} bytes)")
+        section = bytes(data[pos:end])
+        reader = _BitReader(section)
+        symbols = []
+        for j in range(header.steps - header.tail_steps):
+            step = []
+            for f in range(info.latent_frames):
+                m = atoms_for_frame(header, f, info.latent_frames)
+                rank = reader.get(rank_bits(header.K, m))
+                if rank >= _num_subsets(header.K, m):
+                    raise BitstreamError(f"GOP {g} step {j} frame {f}: index_rank is not below C({header.K}, {m})")
+                sign_bits = reader.get(m)
+                if decode_symbols:
+                    signs = [int(ch) for ch in format(sign_bits, f"0{m}b")]
+                    step.append((combination_unrank(rank, header.K, m), signs))
+            symbols.append(step)
+        if reader.get(8 * n_bytes - reader.pos):
+            raise BitstreamError(f"GOP {g}: padding bits after the codebook are not zero")
+        pos = end + 4
+        gops.append(dict(gop=Gop(symbols, stills, residual) if decode_symbols else None, bytes=pos - start,
+                         rank_bits=n_rank, sign_bits=n_sign, codebook_bytes=n_bytes,
+                         still_bytes=sum(len(s) for s in stills), residual_bytes=len(residual),
+                         framing_bytes=GOP_FRAMING_BYTES + 4 * info.n_stills + 4 * header.residual,
+                         info=info))
+    if pos != len(data):
+        raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last GOP (offset {pos})")
+    return header, header_bytes, gops
+
+
+def read_stream(data):
+    """(header, list of Gop) from the bytes of a whole stream; BitstreamError on anything section 9 rejects."""
+    header, _, gops = _walk(data, decode_symbols=True)
+    return header, [entry["gop"] for entry in gops]
+
+
+# ==================================================================================================
+# Rate report (for `gvcc.py info`)
+# ==================================================================================================
+
+def stream_report(data):
+    """Where the bytes of a stream go, after checking it completely (ranks are checked, not unranked).
+
+    Returns a dict: file_bytes, header_bytes, prompt_bytes (part of header_bytes) and gops, a list with one dict
+    per GOP: bytes (the whole GOP), codebook_bytes, still_bytes, residual_bytes and framing_bytes (gop_size,
+    gop_crc and the still/residual size fields), which add up to bytes; codebook_bits = rank_bits + sign_bits
+    (codebook_bytes holds them plus padding_bits zero bits); first_frame, n_frames, latent_frames, n_stills.
+    header_bytes plus the sum of the GOPs' bytes is file_bytes.
+    """
+    header, header_bytes, gops = _walk(data, decode_symbols=False)
+    rows = []
+    for entry in gops:
+        info = entry["info"]
+        bits = entry["rank_bits"] + entry["sign_bits"]
+        rows.append(dict(bytes=entry["bytes"], codebook_bytes=entry["codebook_bytes"],
+                         still_bytes=entry["still_bytes"], residual_bytes=entry["residual_bytes"],
+                         framing_bytes=entry["framing_bytes"], codebook_bits=bits, rank_bits=entry["rank_bits"],
+                         sign_bits=entry["sign_bits"], padding_bits=8 * entry["codebook_bytes"] - bits,
+                         first_frame=info.first_frame, n_frames=info.n_frames,
+                         latent_frames=info.latent_frames, n_stills=info.n_stills))
+    return dict(file_bytes=len(data), header_bytes=header_bytes,
+                prompt_bytes=len(header.prompt.encode("utf-8")), gops=rows)

@@ -81,7 +81,9 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
+import numpy as np
 import torch
 
 
@@ -162,19 +164,24 @@ def _box_muller(a, b):
 
 
 def gaussian(seed, stream, step, frame, atoms, n, device="cpu"):
-    """Standard normals of the given atoms: [A] int64 atom indices -> [A, n] float32 (elements 0..n-1)."""
+    """Standard normals of the given atoms: [A] int64 atom indices -> [A, n] float32 (elements 0..n-1).
+
+    The result depends only on the addresses, so the work is split freely: on a CPU, in groups of atoms of
+    about 2^17 counters each, which keeps the ~400 elementwise passes of Philox and Box-Muller in cache.
+    """
     atoms = torch.as_tensor(atoms, dtype=torch.int64, device=device)
     n4 = (n + 3) // 4
-    c0 = torch.arange(n4, dtype=torch.int64, device=device)[None, :]           # [1, n4]
-    c1 = atoms[:, None]                                                         # [A, 1]
-    c0, c1 = torch.broadcast_tensors(c0, c1)                                    # [A, n4]
-    c2 = torch.full_like(c0, step)
-    c3 = torch.full_like(c0, frame)
-    x0, x1, x2, x3 = philox4x32((c0, c1, c2, c3), (seed, stream))
-    z0, z1 = _box_muller(x0, x1)
-    z2, z3 = _box_muller(x2, x3)
-    z = torch.stack([z0, z1, z2, z3], dim=-1)                                   # [A, n4, 4]
-    return z.reshape(len(atoms), 4 * n4)[:, :n]                                 # [A, n]
+    group = len(atoms) if atoms.is_cuda else max(1, (1 << 17) // n4)
+    out = torch.empty(len(atoms), 4 * n4, dtype=torch.float32, device=device)      # [A, 4 n4]
+    c0 = torch.arange(n4, dtype=torch.int64, device=device)[None, :]             # [1, n4]
+    for start in range(0, len(atoms), group):
+        c1 = atoms[start:start + group, None]                                      # [a, 1]
+        w0, w1 = (w.contiguous() for w in torch.broadcast_tensors(c0, c1))       # [a, n4] each
+        x0, x1, x2, x3 = philox4x32((w0, w1, torch.full_like(w0, step), torch.full_like(w0, frame)), (seed, stream))
+        z0, z1 = _box_muller(x0, x1)
+        z2, z3 = _box_muller(x2, x3)
+        out[start:start + group] = torch.stack([z0, z1, z2, z3], dim=-1).reshape(-1, 4 * n4)   # [a, 4 n4]
+    return out[:, :n]
 
 
 def initial_noise(seed, shape, device="cpu"):
@@ -293,3 +300,636 @@ def innovation(seed, step, frame, indices, signs, frame_shape, device="cpu"):
     sign = 1.0 - 2.0 * torch.tensor(signs, dtype=torch.float32, device=device)         # [M]
     z = (sign[:, None] * atoms).sum(dim=0)                                              # [D]
     return (z / z.std()).reshape(frame_shape)                                           # [C, h, w]
+
+
+# ==================================================================================================
+# Models and weight files
+# ==================================================================================================
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One usable model: the Wan2.1 configs it runs and the files (in the weights folder) it reads."""
+    mode: str           # 't2v' | 'i2v' | 'flf2v'
+    dit: str            # wan_model.DIT_CONFIGS name
+    dit_file: str
+    vae: str            # vae.VAE_CONFIGS name
+    vae_file: str
+    t5: str             # wan_model.T5_CONFIGS name
+    t5_file: str
+    clip: str = None    # wan_model.CLIP_CONFIGS name (i2v, flf2v)
+    clip_file: str = None
+    shift: float = 3.0  # the paper's time-grid shift for this mode
+
+
+_REAL = dict(vae="wan2.1", vae_file="wan_2.1_vae.safetensors", t5="umt5-xxl", t5_file="umt5_xxl_fp16.safetensors")
+_REAL_CLIP = dict(clip="vit-h-14", clip_file="clip_vision_h.safetensors", shift=5.0)
+_TINY = dict(vae="tiny", vae_file="tiny_vae.safetensors", t5="tiny", t5_file="tiny_umt5.safetensors")
+_TINY_CLIP = dict(clip="tiny", clip_file="tiny_clip_vision.safetensors", shift=5.0)
+
+MODELS = {
+    "t2v-1.3B": ModelSpec("t2v", "t2v-1.3B", "wan2.1_t2v_1.3B_fp32.safetensors", **_REAL),
+    "t2v-14B": ModelSpec("t2v", "t2v-14B", "wan2.1_t2v_14B_fp16.safetensors", **_REAL),
+    "i2v-14B-480P": ModelSpec("i2v", "i2v-14B-480P", "wan2.1_i2v_480p_14B_fp16.safetensors", **_REAL, **_REAL_CLIP),
+    "i2v-14B-720P": ModelSpec("i2v", "i2v-14B-720P", "wan2.1_i2v_720p_14B_fp16.safetensors", **_REAL, **_REAL_CLIP),
+    "flf2v-14B-720P": ModelSpec("flf2v", "flf2v-14B-720P", "wan2.1_flf2v_720p_14B_fp16.safetensors",
+                                **_REAL, **_REAL_CLIP),
+    # Tiny random-weight models with the real key layout: the whole codec runs in seconds on a CPU.
+    "tiny-t2v": ModelSpec("t2v", "tiny-t2v", "tiny_t2v.safetensors", **_TINY),
+    "tiny-i2v": ModelSpec("i2v", "tiny-i2v", "tiny_i2v.safetensors", **_TINY, **_TINY_CLIP),
+    "tiny-flf2v": ModelSpec("flf2v", "tiny-flf2v", "tiny_flf2v.safetensors", **_TINY, **_TINY_CLIP),
+}
+DEFAULT_MODEL = {"t2v": "t2v-1.3B", "i2v": "i2v-14B-720P", "flf2v": "flf2v-14B-720P"}
+
+# Small tensors whose stored bytes identify a checkpoint (the fingerprint), one list per component.
+FINGERPRINT_KEYS = {
+    "dit": ("patch_embedding.bias", "head.head.bias", "blocks.0.modulation"),
+    "vae": ("conv2.bias", "decoder.head.2.bias"),
+    "t5": ("encoder.final_layer_norm.weight",),
+    "clip": ("vision_model.pre_layrnorm.weight",),
+}
+
+
+class GvccError(Exception):
+    """A user-facing error: bad parameters, a mismatched model, an unusable input (one-line message)."""
+
+
+def model_paths(spec, weights_dir):
+    """{component: path} of the files a model needs, each checked to exist."""
+    paths = {"dit": spec.dit_file, "vae": spec.vae_file, "t5": spec.t5_file}
+    if spec.clip_file:
+        paths["clip"] = spec.clip_file
+    out = {}
+    for part, name in paths.items():
+        path = os.path.join(weights_dir, name)
+        if not os.path.exists(path):
+            raise GvccError(f"{path}: missing {part} weights for model {spec.dit} "
+                            f"(fetch them with weights_fetch.sh, or run `gvcc.py make-tiny` for the tiny models)")
+        out[part] = path
+    return out
+
+
+def model_fingerprint(paths):
+    """CRC32 over the name, dtype, shape and stored bytes of a few small tensors of every component file."""
+    import zlib
+    from safetensors import safe_open
+    from wan_model import KNOWN_PREFIXES, weight_files
+    crc = 0
+    for part in sorted(paths):
+        found = {}
+        for fname in weight_files(paths[part]):
+            with safe_open(fname, framework="pt") as fh:
+                for key in fh.keys():
+                    name = key
+                    for prefix in KNOWN_PREFIXES:
+                        name = name[len(prefix):] if name.startswith(prefix) else name
+                    if name in FINGERPRINT_KEYS[part]:
+                        found[name] = fh.get_tensor(key)
+        for name in FINGERPRINT_KEYS[part]:
+            if name not in found:
+                raise GvccError(f"{paths[part]}: missing key '{name}'")
+            t = found[name].contiguous()
+            crc = zlib.crc32(f"{part}:{name}:{t.dtype}:{list(t.shape)}".encode(), crc)
+            crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes(), crc)
+    return crc
+
+
+@dataclass
+class Codec:
+    """The loaded networks of one model on one device (plain data: weight dicts and their configs)."""
+    spec: ModelSpec
+    device: str
+    dit_cfg: object
+    dit: dict
+    vae_cfg: object
+    vae: dict
+    context: torch.Tensor      # [L, text_dim] encoded prompt
+    clip_cfg: object = None
+    clip: dict = None
+
+
+def load_codec(spec, weights_dir, prompt, device, precision):
+    """Load everything a GOP needs. The text encoder is run once on the prompt and then dropped."""
+    import vae as vae_mod
+    import wan_model
+    paths = model_paths(spec, weights_dir)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    t5_cfg = wan_model.T5_CONFIGS[spec.t5]
+    t5, tokenizer = wan_model.load_t5(paths["t5"], t5_cfg, dtype=dtype if dtype != torch.float16 else torch.float32)
+    t5 = {k: v.to(device) for k, v in t5.items()}
+    context = wan_model.encode_text(t5, t5_cfg, tokenizer, prompt).to(device)
+    del t5
+    dit_cfg = wan_model.DIT_CONFIGS[spec.dit]
+    dit = wan_model.load_dit(paths["dit"], dit_cfg, dtype=dtype, device=device)
+    vae_cfg = vae_mod.VAE_CONFIGS[spec.vae]
+    vae = {k: v.to(device) for k, v in vae_mod.load_vae(paths["vae"], vae_cfg).items()}
+    codec = Codec(spec, device, dit_cfg, dit, vae_cfg, vae, context)
+    if spec.clip:
+        codec.clip_cfg = wan_model.CLIP_CONFIGS[spec.clip]
+        codec.clip = {k: v.to(device) for k, v in wan_model.load_clip(paths["clip"], codec.clip_cfg,
+                                                                      dtype=dtype).items()}
+    return codec
+
+
+def make_velocity(codec, y=None, clip_fea=None):
+    """u(x, t) of the DiT for this GOP's conditioning; the model sees the timestep 1000 t (float, untruncated)."""
+    import wan_model
+
+    def velocity(x, t):
+        return wan_model.dit_forward(codec.dit, codec.dit_cfg, x, 1000.0 * t, codec.context, y, clip_fea)
+    return velocity
+
+
+# ==================================================================================================
+# Pixels <-> model space
+# ==================================================================================================
+
+def to_model(frames, device="cpu"):
+    """uint8 [N, H, W, 3] RGB -> float32 [3, N, H, W] in [-1, 1]."""
+    x = torch.as_tensor(frames).to(device)
+    return x.permute(3, 0, 1, 2).to(torch.float32) / 127.5 - 1.0
+
+
+def to_pixels(video):
+    """float [3, N, H, W] in [-1, 1] -> uint8 [N, H, W, 3] (numpy), rounding to nearest."""
+    x = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def pad_frames(frames, n_padded, height, width):
+    """Replicate-pad uint8 [N, H0, W0, 3] to [n_padded, height, width, 3] (last frame, bottom row, right column)."""
+    n, h0, w0, _ = frames.shape
+    return np.pad(frames, ((0, n_padded - n), (0, height - h0), (0, width - w0), (0, 0)), mode="edge")
+
+
+def padded_size(width, height):
+    """Working size rounded up to multiples of 16 (VAE stride 8 times DiT patch 2)."""
+    return -(-width // 16) * 16, -(-height // 16) * 16
+
+
+# ==================================================================================================
+# Modes: conditioning, tail residual, and coding a whole clip GOP by GOP
+# ==================================================================================================
+
+def conditioning(codec, n_padded, first, last=None, crop=None):
+    """Wan2.1 I2V / FLF2V conditioning of one GOP: y [20, F, h, w] and CLIP features [n_img, L_img, D_img].
+
+    first / last: uint8 [H, W, 3] frames at the padded size. The VAE sees [first, zero frames] (I2V) or
+    [first, zero frames, last] (FLF2V); zero is mid-grey in [-1, 1]. The 4-channel mask is 1 on the given pixel
+    frames, with frame 0 repeated four times so that it fills latent frame 0. CLIP sees the frames cropped to
+    the working size `crop` = (width, height).
+    """
+    import vae as vae_mod
+    import wan_model
+    h_pix, w_pix = first.shape[:2]
+    given = [first] if last is None else [first, last]
+    video = torch.zeros(3, n_padded, h_pix, w_pix, device=codec.device)          # [3, T_pix, H, W]
+    video[:, 0] = to_model(first[None], codec.device)[:, 0]
+    mask = torch.zeros(n_padded, device=codec.device)                             # [T_pix]
+    mask[0] = 1.0
+    if last is not None:
+        video[:, -1] = to_model(last[None], codec.device)[:, 0]
+        mask[-1] = 1.0
+    latent = vae_mod.encode(codec.vae, codec.vae_cfg, video)                      # [16, F, h, w]
+    n_lat, h, w = latent.shape[1:]
+    mask = torch.cat([mask[:1].repeat(3), mask]).reshape(n_lat, 4).T             # [4, F]
+    mask = mask[:, :, None, None].expand(4, n_lat, h, w)                          # [4, F, h, w]
+    y = torch.cat([mask, latent], dim=0)                                          # [20, F, h, w]
+    width, height = crop
+    images = to_model(np.stack([f[:height, :width] for f in given]), codec.device)      # [3, n_img, H0, W0]
+    clip_fea = wan_model.clip_encode(codec.clip, codec.clip_cfg, images.permute(1, 0, 2, 3))   # [n_img, L, D]
+    return y, clip_fea
+
+
+def quantise_residual(r):
+    """Tail residual [C, h, w] -> per-channel 8-bit blob: q = round(127 r / max|r_c|) (encoder only)."""
+    import bitstream
+    scale = r.abs().amax(dim=(1, 2))                                                          # [C]
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(r / safe[:, None, None] * 127.0).clamp(-127, 127).to(torch.int8)          # [C, h, w]
+    return bitstream.pack_residual(scale.tolist(), q.cpu().numpy().tobytes())
+
+
+def dequantise_residual(blob, frame_shape, device):
+    """Blob -> residual [C, h, w] = q * (scale_c / 127); both sides add it to the last latent frame."""
+    import bitstream
+    c, h, w = frame_shape
+    scales, q = bitstream.unpack_residual(blob, c, c * h * w)
+    q = torch.frombuffer(bytearray(q), dtype=torch.int8).reshape(c, h, w).to(device, torch.float32)
+    step = torch.tensor(scales, dtype=torch.float32, device=device) / 127.0                   # [C]
+    return q * step[:, None, None]
+
+
+def settings_of(hdr):
+    return SamplerSettings(steps=hdr.steps, tail_steps=hdr.tail_steps, g_scale=hdr.g_scale_q / 1000.0,
+                           shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed)
+
+
+def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
+    """Encode (`frames` given: uint8 [N, height, width, 3]) or decode (`gops` given) a whole clip.
+
+    Both directions walk the GOPs through this one function, so the decoder repeats the encoder's arithmetic
+    exactly: same conditioning from the same decoded frames, same sampler, same innovations, same residual.
+    Returns (gops, reconstruction uint8 [N, height, width, 3]).
+    """
+    import bitstream
+    import media
+    import vae as vae_mod
+    encoding = frames is not None
+    width, height = hdr.width, hdr.height
+    pw, ph = padded_size(width, height)
+    settings = settings_of(hdr)
+    coded, out = [], []
+    reference = None        # I2V: the previous GOP's decoded last frame; FLF2V: the shared boundary frame
+    for g, info in enumerate(bitstream.gop_layout(hdr)):
+        shape = (16, info.latent_frames, ph // 8, pw // 8)
+        last_src = info.first_frame + info.n_frames - 1
+        if encoding:
+            src = pad_frames(frames[info.first_frame:last_src + 1], info.n_padded, ph, pw)    # [T_pix, H, W, 3]
+            x0 = vae_mod.encode(codec.vae, codec.vae_cfg, to_model(src, codec.device))        # [C, F, h, w]
+            first_still = [info.first_frame] if g == 0 else []      # stills this GOP introduces
+            wanted = {"t2v": [], "i2v": first_still, "flf2v": first_still + [last_src]}[hdr.mode]
+            stills = [media.encode_still(frames[i], hdr.still_quality) for i in wanted]
+        else:
+            stills = gops[g].stills
+        decoded = [pad_frames(media.decode_still(b)[None], 1, ph, pw)[0] for b in stills]   # [H, W, 3] each
+
+        y = clip_fea = None
+        if hdr.mode == "i2v":
+            reference = decoded[0] if g == 0 else reference
+            y, clip_fea = conditioning(codec, info.n_padded, reference, crop=(width, height))
+        elif hdr.mode == "flf2v":
+            first = decoded[0] if g == 0 else reference
+            reference = decoded[-1]
+            y, clip_fea = conditioning(codec, info.n_padded, first, reference, crop=(width, height))
+        velocity = make_velocity(codec, y, clip_fea)
+
+        symbols = [[None] * info.latent_frames for _ in range(settings.sde_steps)]
+
+        def choose(j, f, x0_hat_f):
+            if encoding:
+                m = bitstream.atoms_for_frame(hdr, f, info.latent_frames)
+                symbols[j][f] = match_atoms((x0[:, f] - x0_hat_f).flatten(), hdr.seed, j, f, hdr.K, m)
+            else:
+                symbols[j][f] = gops[g].symbols[j][f]
+            return symbols[j][f]
+
+        latent = run_gop(velocity, settings, shape, choose, codec.device, on_step)          # [C, F, h, w]
+        residual = b""
+        if hdr.residual:
+            residual = quantise_residual(x0[:, -1] - latent[:, -1]) if encoding else gops[g].residual
+            latent[:, -1] += dequantise_residual(residual, shape_of_frame(shape), codec.device)
+        video = to_pixels(vae_mod.decode(codec.vae, codec.vae_cfg, latent))[:info.n_frames]  # [n, H, W, 3]
+        if hdr.mode == "i2v":
+            reference = video[-1]
+        if g > 0 and hdr.mode != "t2v":
+            video = video[1:]       # the shared boundary frame is already in the output
+        out.append(video[:, :height, :width])
+        coded.append(bitstream.Gop(symbols=symbols, stills=stills, residual=residual))
+    return coded, np.concatenate(out)
+
+
+# ==================================================================================================
+# Command line
+# ==================================================================================================
+
+class Progress:
+    """Sampler steps done out of a total, with an ETA, on stderr (at most one line every two seconds)."""
+
+    def __init__(self, total, label, quiet=False):
+        self.total, self.label, self.quiet = total, label, quiet
+        self.done, self.start, self.last = 0, time.time(), 0.0
+
+    def __call__(self):
+        self.done += 1
+        now = time.time()
+        if self.quiet or (now - self.last < 2.0 and self.done < self.total):
+            return
+        self.last = now
+        eta = (now - self.start) / self.done * (self.total - self.done)
+        print(f"gvcc: {self.label} step {self.done}/{self.total}, {now - self.start:.0f} s, "
+              f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+
+
+def atomic_write(path, data):
+    """Write bytes to `path` through a temporary file in the same folder, so no half-written file remains."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def parse_size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise GvccError(f"size '{text}' is not WIDTHxHEIGHT") from None
+    if w <= 0 or h <= 0:
+        raise GvccError(f"size '{text}' must be positive")
+    return w, h
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_precision(device):
+    """float32 on the CPU (the reference path); bf16 with fp32 islands on GPUs, as upstream runs it."""
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def codebook_bits(hdr):
+    """Bits of the index sets and signs of the whole stream, from the header alone."""
+    import bitstream
+    bits = 0
+    for info in bitstream.gop_layout(hdr):
+        for f in range(info.latent_frames):
+            m = bitstream.atoms_for_frame(hdr, f, info.latent_frames)
+            bits += (hdr.steps - hdr.tail_steps) * ((math.comb(hdr.K, m) - 1).bit_length() + m)
+    return bits
+
+
+def pick_atoms(hdr, bits_per_source_pixel):
+    """The largest M whose codebook bits stay within the target (the paper's rate knob), by bisection."""
+    import dataclasses
+    pixels = hdr.src_width * hdr.src_height * hdr.frames
+
+    def bpp(m):
+        tail = max(m, hdr.M_tail) if hdr.tail_frames else m
+        return codebook_bits(dataclasses.replace(hdr, M=m, M_tail=min(tail, hdr.K))) / pixels
+
+    if bpp(1) > bits_per_source_pixel:
+        raise GvccError(f"target rate too low: even M = 1 needs {bpp(1):.5f} bpp (lower K or --steps)")
+    lo, hi = 1, hdr.K
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if bpp(mid) <= bits_per_source_pixel else (lo, mid - 1)
+    return lo, bpp(lo)
+
+
+def cmd_encode(args):
+    import dataclasses
+
+    import bitstream
+    import media
+    spec_name = args.model or DEFAULT_MODEL[args.mode or "t2v"]
+    if spec_name not in MODELS:
+        raise GvccError(f"unknown model '{spec_name}' (known: {', '.join(MODELS)})")
+    spec = MODELS[spec_name]
+    mode = args.mode or spec.mode
+    if mode != spec.mode:
+        raise GvccError(f"model {spec_name} is a {spec.mode} model; --mode {mode} needs one of "
+                        f"{', '.join(n for n, s in MODELS.items() if s.mode == mode)}")
+    video = media.read_video(args.input, size=parse_size(args.yuv_size) if args.yuv_size else None,
+                             fps=args.fps, limited_range=args.limited_range)
+    frames = video.frames[:args.frames] if args.frames else video.frames
+    n, src_h, src_w = frames.shape[:3]
+    width, height = parse_size(args.size) if args.size else (src_w, src_h)
+    if (width, height) != (src_w, src_h):
+        frames = media.resize(frames, width, height)
+    if mode != "t2v" and n < 2:
+        raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
+    if args.gop < 1 or (args.gop - 1) % 4:
+        raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames (33, 17, 9, ...)")
+    if mode != "t2v" and args.gop < 5:
+        raise GvccError(f"--gop {args.gop}: {mode} needs GOPs of at least 5 frames")
+    if not 0 <= args.tail_steps <= args.steps or args.steps < 1:
+        raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: need 0 <= tail <= steps, steps >= 1")
+    default_m = 64 if width * height <= 1280 * 720 else 80
+    m = args.M or default_m
+    if not 1 <= m <= args.K:
+        raise GvccError(f"-M {m} must be between 1 and K = {args.K}")
+    tail_frames = 2 if mode == "i2v" else 0
+    m_tail = args.m_tail or (min(max(128, m), max(m, args.K // 2)) if tail_frames else m)
+    if not m <= m_tail <= args.K:
+        raise GvccError(f"--m-tail {m_tail} must be between M = {m} and K = {args.K}")
+    fps = video.fps
+    hdr = bitstream.Header(
+        mode=mode, model=spec_name, model_fingerprint=0, generator=GENERATOR_ID,
+        src_width=src_w, src_height=src_h, width=width, height=height, frames=n,
+        fps_num=fps.numerator, fps_den=fps.denominator, gop_frames=args.gop, steps=args.steps,
+        tail_steps=args.tail_steps, g_scale_q=round(args.g_scale * 1000),
+        shift_q=round((args.shift if args.shift is not None else spec.shift) * 1000), K=args.K, M=m,
+        M_tail=m_tail, tail_frames=tail_frames, seed=args.seed,
+        still_quality=args.still_quality if mode != "t2v" else 0, residual=int(mode == "i2v"), prompt=args.prompt)
+    if args.bpp is not None or args.kbps is not None:
+        target = args.bpp if args.bpp is not None else args.kbps * 1000 * fps.denominator / (
+            fps.numerator * src_w * src_h)
+        m, got = pick_atoms(hdr, target)
+        m_tail = min(max(m, hdr.M_tail), hdr.K) if tail_frames else m
+        hdr = dataclasses.replace(hdr, M=m, M_tail=m_tail)
+        print(f"gvcc: rate target -> M = {m} (codebook alone {got:.5f} bpp"
+              f"{'; stills and residual come on top' if mode != 't2v' else ''})", file=sys.stderr)
+    paths = model_paths(spec, args.weights)
+    hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths))
+    device = args.device or default_device()
+    codec = load_codec(spec, args.weights, args.prompt, device, args.precision or default_precision(device))
+    layout = bitstream.gop_layout(hdr)
+    progress = Progress(len(layout) * hdr.steps, "encode", args.quiet)
+    start = time.time()
+    gops, recon = code_clip(codec, hdr, frames, on_step=progress)
+    data = bitstream.write_stream(hdr, gops)
+    atomic_write(args.output, data)
+    if args.recon:
+        media.write_video(args.recon, recon, fps)
+    bits = 8 * len(data)
+    print(f"gvcc: {args.output}: {len(data)} bytes, {len(layout)} GOPs, {bits / (src_w * src_h * n):.5f} bpp, "
+          f"{bits * fps.numerator / (n * fps.denominator) / 1000:.2f} kbps, {time.time() - start:.1f} s",
+          file=sys.stderr)
+
+
+def read_stream_file(path):
+    import bitstream
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise GvccError(f"{path}: {exc.strerror}") from None
+    return data, bitstream.read_stream(data)
+
+
+def cmd_decode(args):
+    import media
+    _, (hdr, gops) = read_stream_file(args.input)
+    if hdr.model not in MODELS:
+        raise GvccError(f"{args.input}: stream needs model '{hdr.model}', which this gvcc does not know")
+    if hdr.generator != GENERATOR_ID:
+        raise GvccError(f"{args.input}: codebook generator {hdr.generator} is not supported "
+                        f"(this gvcc has generator {GENERATOR_ID})")
+    spec = MODELS[hdr.model]
+    paths = model_paths(spec, args.weights)
+    fingerprint = model_fingerprint(paths)
+    if fingerprint != hdr.model_fingerprint:
+        raise GvccError(f"{args.input}: stream was encoded with {hdr.model} weights of fingerprint "
+                        f"{hdr.model_fingerprint:08x}, the files in {args.weights} give {fingerprint:08x}")
+    device = args.device or default_device()
+    codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or default_precision(device))
+    progress = Progress(len(gops) * hdr.steps, "decode", args.quiet)
+    _, recon = code_clip(codec, hdr, gops=gops, on_step=progress)
+    md5 = media.frames_md5(recon)
+    if args.verify:
+        if md5 != args.verify.lower():
+            raise GvccError(f"--verify: decoded frames have md5 {md5}, expected {args.verify}")
+        print(f"OK {md5}")
+    media.write_video(args.output, recon, Fraction(hdr.fps_num, hdr.fps_den))
+
+
+def cmd_info(args):
+    """Header and per-GOP rate breakdown of a stream, with the paper's accounting next to gvcc's."""
+    import bitstream
+    data, (hdr, gops) = read_stream_file(args.input)
+    report = bitstream.stream_report(data)
+    pixels = hdr.src_width * hdr.src_height * hdr.frames
+    seconds = hdr.frames * hdr.fps_den / hdr.fps_num
+    fields = [(k, getattr(hdr, k)) for k in hdr.__dataclass_fields__]
+    print(f"{args.input}: {len(data)} bytes, GVCC stream")
+    for key, value in fields:
+        shown = f"0x{value:08x}" if key == "model_fingerprint" else repr(value) if isinstance(value, str) else value
+        print(f"  {key:18s} {shown}")
+    print(f"  {'g_scale, shift':18s} {hdr.g_scale_q / 1000:g}, {hdr.shift_q / 1000:g}")
+    print()
+    print(f"{'GOP':>4} {'frames':>12} {'codebook B':>11} {'stills B':>9} {'residual B':>11} "
+          f"{'framing B':>10} {'total B':>9} {'bpp':>9} {'paper cb bits':>14}")
+    layout = bitstream.gop_layout(hdr)
+    paper_total = 0
+    for info, row in zip(layout, report["gops"]):
+        paper = (hdr.steps - hdr.tail_steps) * sum(
+            bitstream.atoms_for_frame(hdr, f, info.latent_frames) for f in range(info.latent_frames)
+        ) * ((hdr.K - 1).bit_length() + 1)
+        paper_total += paper
+        span = f"{info.first_frame}-{info.first_frame + info.n_frames - 1}"
+        gop_pixels = hdr.src_width * hdr.src_height * info.n_frames
+        print(f"{row['index']:>4} {span:>12} {row['codebook_bytes']:>11} {row['still_bytes']:>9} "
+              f"{row['residual_bytes']:>11} {row['overhead_bytes']:>10} {row['total_bytes']:>9} "
+              f"{8 * row['total_bytes'] / gop_pixels:>9.5f} {paper:>14}")
+    bits = 8 * len(data)
+    still_bits = 8 * sum(r["still_bytes"] for r in report["gops"])
+    print()
+    print(f"file: {bits} bits = {bits / pixels:.5f} bpp against the {hdr.src_width}x{hdr.src_height} source, "
+          f"header {report['header_bytes']} bytes")
+    print(f"      {bits / seconds / 1000:.2f} kbps at the source {float(Fraction(hdr.fps_num, hdr.fps_den)):g} fps, "
+          f"{bits / (hdr.frames / 16) / 1000:.2f} kbps at 16 fps (Wan's rate)")
+    print(f"paper accounting (codebook only, M (ceil(log2 K) + 1) bits per step and frame, first frame free): "
+          f"{paper_total} bits = {paper_total / pixels:.5f} bpp, divide-by-3 convention {paper_total / pixels / 3:.5f}")
+    if still_bits:
+        print(f"without the coded still frames (paper convention for I2V): {(bits - still_bits) / pixels:.5f} bpp")
+
+
+def cmd_eval(args):
+    import media
+    media.eval_main(args.reference, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
+                    size=parse_size(args.yuv_size) if args.yuv_size else None, fps=args.fps,
+                    limited_range=args.limited_range)
+
+
+def cmd_make_tiny(args):
+    """Write the tiny random-weight models (real key layout and dtypes) to a folder."""
+    from safetensors.torch import save_file
+
+    import vae as vae_mod
+    import wan_model
+    os.makedirs(args.dir, exist_ok=True)
+    files = {
+        "tiny_t2v.safetensors": wan_model.tiny_weights("dit", "tiny-t2v", seed=1),
+        "tiny_i2v.safetensors": wan_model.tiny_weights("dit", "tiny-i2v", seed=2),
+        "tiny_flf2v.safetensors": wan_model.tiny_weights("dit", "tiny-flf2v", seed=3),
+        "tiny_umt5.safetensors": wan_model.tiny_weights("t5", "tiny", seed=4),
+        "tiny_clip_vision.safetensors": wan_model.tiny_weights("clip", "tiny", seed=5),
+        "tiny_vae.safetensors": vae_mod.tiny_weights(seed=6),
+    }
+    for name, tensors in files.items():
+        path = os.path.join(args.dir, name)
+        tmp = path + ".tmp"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+        print(f"gvcc: wrote {path}", file=sys.stderr)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="gvcc.py", description="GVCC: zero-shot generative video coding with Wan2.1.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_input_flags(q):
+        q.add_argument("--yuv-size", metavar="WxH", help="frame size of a raw .yuv input (I420, 8-bit)")
+        q.add_argument("--fps", type=Fraction, help="frame rate of a raw .yuv input (e.g. 30000/1001)")
+        q.add_argument("--limited-range", action="store_true",
+                       help="raw .yuv / .y4m input is limited range (16-235); full range is the default")
+
+    def add_runtime_flags(q):
+        q.add_argument("--weights", default=os.environ.get("GVCC_WEIGHTS", "weights"),
+                       help="folder with the weight files (default $GVCC_WEIGHTS or ./weights)")
+        q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        q.add_argument("--precision", choices=("fp32", "bf16"),
+                       help="network precision (default: fp32 on cpu, bf16 on cuda); decode with the encoder's")
+        q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    e = sub.add_parser("encode", help="video -> GVCC stream")
+    e.add_argument("input", help=".mp4/.mkv/.webm, .y4m, raw .yuv, or a folder of PNGs")
+    e.add_argument("output")
+    e.add_argument("--mode", choices=("t2v", "i2v", "flf2v"), help="default: the model's mode (t2v)")
+    e.add_argument("--model", help=f"one of {', '.join(MODELS)} (default per mode: {DEFAULT_MODEL})")
+    e.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p)")
+    e.add_argument("-K", type=int, default=16384, help="atoms per codebook (default 16384)")
+    e.add_argument("--m-tail", type=int, help="i2v: atoms in the last 2 latent frames (default 128)")
+    e.add_argument("--steps", type=int, default=20, help="sampler steps T (default 20)")
+    e.add_argument("--tail-steps", type=int, default=3, help="final ODE steps without bits (default 3)")
+    e.add_argument("--g-scale", type=float, default=3.0, help="SDE diffusion scale, g_t = g t^2 (default 3)")
+    e.add_argument("--shift", type=float, help="time-grid shift (default 3 for t2v, 5 for i2v/flf2v)")
+    e.add_argument("--gop", type=int, default=33, help="frames per GOP, 4k+1 (default 33)")
+    e.add_argument("--prompt", default="", help="text prompt, stored in the stream (default empty)")
+    e.add_argument("--size", metavar="WxH", help="resize (Lanczos) to this working size; decoder outputs it")
+    e.add_argument("--seed", type=int, default=42, help="generator seed, 0..2^32-1 (default 42)")
+    e.add_argument("--still-quality", type=int, default=60, help="i2v/flf2v: AVIF quality of still frames")
+    e.add_argument("--frames", type=int, help="code only the first N frames")
+    rate = e.add_mutually_exclusive_group()
+    rate.add_argument("--bpp", type=float, help="target bits per source pixel: picks M for you")
+    rate.add_argument("--kbps", type=float, help="target kbit/s at the source frame rate: picks M for you")
+    e.add_argument("--recon", metavar="FILE", help="also write the encoder's reconstruction (= the decoder's)")
+    add_input_flags(e)
+    add_runtime_flags(e)
+
+    d = sub.add_parser("decode", help="GVCC stream -> video (.mp4, .y4m or a PNG folder)")
+    d.add_argument("input")
+    d.add_argument("output")
+    d.add_argument("--verify", metavar="MD5", help="fail unless the md5 of the decoded RGB frames is MD5")
+    add_runtime_flags(d)
+
+    i = sub.add_parser("info", help="header and rate breakdown of a stream")
+    i.add_argument("input")
+
+    v = sub.add_parser("eval", help="quality of a decoded video against its reference")
+    v.add_argument("reference")
+    v.add_argument("decoded")
+    v.add_argument("--bitstream", help="the stream, for the rate")
+    v.add_argument("--json", help="also write the results as JSON")
+    v.add_argument("--gop", type=int, default=33, help="frames per GOP for per-GOP means (default 33)")
+    add_input_flags(v)
+
+    t = sub.add_parser("make-tiny", help="write tiny random-weight models (real key layout) to a folder")
+    t.add_argument("dir")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    handlers = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "eval": cmd_eval,
+                "make-tiny": cmd_make_tiny}
+    from bitstream import BitstreamError
+    from media import MediaError
+    from wan_model import WeightsError
+    try:
+        handlers[args.command](args)
+    except (GvccError, BitstreamError, MediaError, WeightsError) as exc:
+        print(f"gvcc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gvcc: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1203 @@
+"""Video files, BT.709 colour, Lanczos resize, AVIF stills, quality metrics and `gvcc eval`.
+
+Everything gvcc exchanges with the outside world as pixels goes through this file: the video it encodes, the
+video it decodes, the still frames of the I2V / FLF2V modes, and the numbers a rate-distortion table is made of.
+Inside gvcc a video is always uint8 RGB, frames [N, H, W, 3], with a rational frame rate (`Video`).
+
+Shape letters: N frames, H height, W width (luma), h, w chroma plane size, 3 RGB or Y/Pb/Pr channels.
+
+## Colour (H.273 / BT.709, 8 bits)
+RGB -> YCbCr, with R, G, B in [0, 1] (uint8 / 255) and BT.709's K_R = 0.2126, K_B = 0.0722, K_G = 1 - K_R - K_B:
+    E'Y = K_R R + K_G G + K_B B;   E'Pb = (B - E'Y) / (2 (1 - K_B));   E'Pr = (R - E'Y) / (2 (1 - K_R))
+Code values (H.273 eq. for VideoFullRangeFlag; "round" is floor(x + 0.5), then clip to [0, 255]):
+    full range (default):  Y = round(255 E'Y),      Cb = round(255 E'Pb + 128),  Cr likewise
+    limited range:         Y = round(219 E'Y + 16), Cb = round(224 E'Pb + 128),  Cr likewise
+YCbCr -> RGB is the exact inverse, rounded and clipped to uint8.
+Full range is the default, as the learned-codec literature converts UVG's raw .yuv; `limited_range=True` is for
+inputs that carry no range of their own (.yuv, a .y4m without XCOLORRANGE). Tagged inputs use their tag, and a
+video file without a range tag is limited range, as H.264/HEVC/AV1 define the absent flag.
+Chroma 4:2:0: gvcc *writes* chroma as the mean of each 2x2 block (centre siting: C420jpeg in .y4m,
+chroma_sample_location=center in .mp4; odd sizes repeat the last row/column). It *reads* chroma by linear
+interpolation at the siting the input declares: centre for .yuv, C420 and C420jpeg; horizontally co-sited for
+C420mpeg2, C422 and video files tagged `left` or untagged (the H.264 default); co-sited both ways for C420paldv
+and `topleft` (paldv's distinct Cb/Cr lines are not modelled). Edges repeat the outermost chroma sample.
+
+## File formats
+| extension | read | write |
+|---|---|---|
+| .y4m | C420, C420jpeg, C420mpeg2, C420paldv, C422, C444, Cmono; 8 bit; XCOLORRANGE honoured | C420jpeg, XCOLORRANGE set |
+| .yuv | raw I420 8 bit; size (W, H) and fps must be given; even W, H | I420, even W, H |
+| .mp4 .mkv .webm .mov | imageio-ffmpeg; 8-bit 4:2:0 / 4:4:4 with BT.709 or BT.601 matrix (or none: BT.709) is converted here, anything else (10 bit, BT.2020, RGB codecs) by ffmpeg to rgb24 | .mp4 / .mkv: libx264 yuv420p crf 12, BT.709 primaries, transfer and matrix, range, centre chroma in the VUI; even W, H only |
+| directory | every *.png in name order (8-bit RGB, RGBA, L, LA, P; alpha dropped) | 000000.png ... with the frame rate in a `gvcc-fps` text chunk |
+A 4:2:0 .mp4 cannot hold an odd width or height (H.264 crops in 2-pixel units), and gvcc never resizes behind the
+user's back: writing an odd size to .mp4 / .mkv / .yuv is a MediaError that names .y4m and PNG as the way out.
+Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end.
+
+## Metrics (per frame, on uint8 RGB frames of equal size)
+- psnr: 10 log10(1 / MSE) over the three RGB channels in [0, 1]; identical frames give +inf.
+- psnr_y, psnr_u, psnr_v, psnr_yuv: the frames are converted to BT.709 full-range E'Y, E'Pb + 0.5, E'Pr + 0.5 in
+  [0, 1] (no 8-bit rounding), chroma reduced to 4:2:0 by 2x2 means (as DCVC codes and measures YUV 4:2:0;
+  `chroma="444"` keeps full-resolution chroma); psnr_yuv = (6 psnr_y + psnr_u + psnr_v) / 8 per frame.
+- ms_ssim: Wang, Simoncelli and Bovik (2003), as pytorch-msssim computes it: 5 scales, 11x11 Gaussian window
+  (sigma 1.5, 'valid' filtering), K1 = 0.01, K2 = 0.03, data range 1, weights (0.0448, 0.2856, 0.3001, 0.2363,
+  0.1333), 2x2 average pooling with zero padding of odd sizes, contrast terms clipped at 0, per RGB channel then
+  averaged. Needs at least 161 pixels on the short side.
+- lpips: LPIPS v0.1 with AlexNet (Zhang et al. 2018) from the `lpips` package, inputs in [-1, 1], only when the
+  package and torchvision's AlexNet weights are already on disk; gvcc never downloads them.
+- Aggregation: per GOP (non-overlapping runs of `gop` frames, 33 by default) and per sequence, as the mean over
+  frames ("mean") and as the mean of the GOP means ("gop_mean", the paper's order); PSNR is averaged in dB.
+- bd_rate / bd_quality: Bjontegaard deltas between two R-D curves: log-rate as a cubic polynomial of quality
+  (least squares, degree min(3, points - 1)) or as a monotone piecewise cubic (PCHIP), integrated over the
+  overlapping quality interval; bd_quality swaps the axes.
+"""
+import fractions
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+
+# ==================================================================================================
+# Errors, the Video type, small parsers
+# ==================================================================================================
+
+class MediaError(Exception):
+    """A video or image cannot be read or written as asked (one-line message naming the file)."""
+
+
+@dataclass
+class Video:
+    frames: np.ndarray            # uint8 [N, H, W, 3] RGB
+    fps: fractions.Fraction       # frames per second, exact (30000/1001, not 29.97)
+
+
+def parse_size(text):
+    """'1920x1080' -> (1920, 1080); a (W, H) pair passes through. MediaError on anything else."""
+    if isinstance(text, (tuple, list)) and len(text) == 2:
+        w, h = int(text[0]), int(text[1])
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+        if not m:
+            raise MediaError(f"size '{text}' is not WIDTHxHEIGHT (e.g. 1920x1080)")
+        w, h = int(m.group(1)), int(m.group(2))
+    if not (0 < w <= 16384 and 0 < h <= 16384):
+        raise MediaError(f"size {w}x{h} is out of range (1 to 16384 pixels per side)")
+    return w, h
+
+
+def parse_fps(value):
+    """'30000/1001', '25', 29.97 or a Fraction -> positive Fraction. MediaError on anything else."""
+    try:
+        if isinstance(value, float):
+            fps = _fraction_from_float(value)
+        else:
+            fps = fractions.Fraction(str(value).strip().replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        raise MediaError(f"frame rate '{value}' is not a number or a ratio like 30000/1001") from None
+    if not 0 < fps <= 1000:
+        raise MediaError(f"frame rate {value} is out of range (0 to 1000 frames per second)")
+    return fps
+
+
+def _fraction_from_float(x):
+    # ffmpeg prints rates rounded to 2 decimals: recover integers and the NTSC family n*1000/1001.
+    if abs(x - round(x)) < 1e-3:
+        return fractions.Fraction(round(x))
+    ntsc = round(x * 1.001)
+    if ntsc > 0 and abs(x - ntsc * 1000 / 1001) < 0.006:
+        return fractions.Fraction(ntsc * 1000, 1001)
+    return fractions.Fraction(x).limit_denominator(1001)
+
+
+def _check_frames(frames, what="frames"):
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        desc = f"{frames.dtype} {list(frames.shape)}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise MediaError(f"{what} must be a uint8 array [N, H, W, 3], got {desc}")
+    if frames.shape[0] == 0:
+        raise MediaError(f"{what}: no frames")
+
+
+# ==================================================================================================
+# Colour: BT.709 RGB <-> Y'CbCr (H.273), chroma subsampling
+# ==================================================================================================
+
+# H.273 MatrixCoefficients -> (K_R, K_B). gvcc writes bt709; bt601 is only read (SD video files tagged so).
+MATRICES = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
+
+# chroma siting name -> (co-sited horizontally, co-sited vertically); False means centred between luma samples
+SITINGS = {"center": (False, False), "left": (True, False), "topleft": (True, True)}
+
+
+def rgb_to_ypbpr(rgb, matrix="bt709"):
+    """uint8 RGB [H, W, 3] -> float64 [3, H, W]: E'Y in [0, 1], E'Pb and E'Pr in [-0.5, 0.5]."""
+    kr, kb = MATRICES[matrix]
+    kg = 1.0 - kr - kb
+    x = rgb.astype(np.float64) / 255.0                             # [H, W, 3]
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]                      # [H, W] each
+    y = kr * r + kg * g + kb * b                                   # [H, W]
+    pb = (b - y) / (2.0 * (1.0 - kb))
+    pr = (r - y) / (2.0 * (1.0 - kr))
+    return np.stack([y, pb, pr])                                   # [3, H, W]
+
+
+def ypbpr_to_rgb(y, pb, pr, matrix="bt709"):
+    """float E'Y, E'Pb, E'Pr [H, W] -> uint8 RGB [H, W, 3] (rounded, clipped)."""
+    kr, kb = MATRICES[matrix]
+    kg = 1.0 - kr - kb
+    r = y + 2.0 * (1.0 - kr) * pr                                  # [H, W]
+    b = y + 2.0 * (1.0 - kb) * pb
+    g = (y - kr * r - kb * b) / kg
+    rgb = np.stack([r, g, b], axis=-1) * 255.0                     # [H, W, 3]
+    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
+
+
+def _levels(limited):
+    # (luma scale, luma offset, chroma scale) of H.273's 8-bit code values; chroma is centred on 128
+    return (219.0, 16.0, 224.0) if limited else (255.0, 0.0, 255.0)
+
+
+def chroma_downsample(p, sub_x, sub_y):
+    """[H, W] -> [ceil(H / sub_y), ceil(W / sub_x)]: means of sub_y x sub_x blocks (centre siting).
+
+    An odd last row or column is repeated, so its block is the mean of the one real sample with itself.
+    """
+    if sub_x == 2:
+        if p.shape[1] % 2:
+            p = np.concatenate([p, p[:, -1:]], axis=1)
+        p = 0.5 * (p[:, 0::2] + p[:, 1::2])                        # [H, w]
+    if sub_y == 2:
+        if p.shape[0] % 2:
+            p = np.concatenate([p, p[-1:]], axis=0)
+        p = 0.5 * (p[0::2] + p[1::2])                              # [h, w]
+    return p
+
+
+def _upsample_axis(c, n, factor, cosited, axis):
+    # Linear interpolation of chroma samples to n luma positions along one axis. Chroma sample i sits at luma
+    # position factor*i (co-sited) or factor*i + (factor-1)/2 (centred); outside the outermost samples, repeat.
+    if factor == 1:
+        return c
+    m = c.shape[axis]
+    x = np.arange(n, dtype=np.float64)
+    pos = x / factor if cosited else (x - (factor - 1) / 2) / factor   # [n] position in chroma samples
+    pos = np.clip(pos, 0.0, m - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, m - 1)
+    wt = pos - i0
+    shape = [1, 1]
+    shape[axis] = n
+    wt = wt.reshape(shape)
+    return np.take(c, i0, axis=axis) * (1.0 - wt) + np.take(c, i1, axis=axis) * wt
+
+
+def yuv_to_rgb(y, u, v, *, limited=False, matrix="bt709", siting="center"):
+    """8-bit planes Y [H, W], Cb / Cr [h, w] (h = H, ceil(H/2); w likewise) -> uint8 RGB [H, W, 3]."""
+    ys, yo, cs = _levels(limited)
+    hgt, wid = y.shape
+    fx = 2 if u.shape[1] < wid else 1
+    fy = 2 if u.shape[0] < hgt else 1
+    co_x, co_y = SITINGS[siting]
+    ey = (y.astype(np.float64) - yo) / ys                          # [H, W]
+    planes = []
+    for c in (u, v):
+        p = (c.astype(np.float64) - 128.0) / cs                    # [h, w]
+        p = _upsample_axis(p, wid, fx, co_x, axis=1)               # [h, W]
+        p = _upsample_axis(p, hgt, fy, co_y, axis=0)               # [H, W]
+        planes.append(p)
+    return ypbpr_to_rgb(ey, planes[0], planes[1], matrix)
+
+
+def rgb_to_yuv(rgb, *, limited=False, sub=(2, 2)):
+    """uint8 RGB [H, W, 3] -> 8-bit BT.709 planes Y [H, W], Cb, Cr [ceil(H/sub_y), ceil(W/sub_x)]."""
+    ys, yo, cs = _levels(limited)
+    ey, pb, pr = rgb_to_ypbpr(rgb)                                 # [H, W] each
+    q = lambda a: np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)   # H.273 Round, then clip
+    y = q(ey * ys + yo)
+    u = q(chroma_downsample(pb, *sub) * cs + 128.0)
+    v = q(chroma_downsample(pr, *sub) * cs + 128.0)
+    return y, u, v
+
+
+# ==================================================================================================
+# Reading
+# ==================================================================================================
+
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov")
+
+# y4m C tag -> (chroma sub_x, sub_y, siting); sub 0 is a luma-only (mono) file
+Y4M_CHROMA = {
+    "420jpeg": (2, 2, "center"), "420": (2, 2, "center"), "420mpeg2": (2, 2, "left"),
+    "420paldv": (2, 2, "topleft"), "422": (2, 1, "left"), "444": (1, 1, "center"), "mono": (0, 0, "center"),
+}
+
+_PNG_FPS_KEY = "gvcc-fps"
+
+
+def _input_kind(path):
+    if os.path.isdir(path):
+        return "png"
+    if not os.path.exists(path):
+        raise MediaError(f"{path}: no such file or directory")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".y4m":
+        return "y4m"
+    if ext == ".yuv":
+        return "yuv"
+    if ext in VIDEO_EXTS:
+        return "ffmpeg"
+    raise MediaError(f"{path}: unsupported extension '{ext}' (read: .y4m, .yuv, "
+                     f"{', '.join(VIDEO_EXTS)} or a directory of PNGs)")
+
+
+def read_video(path, *, size=None, fps=None, limited_range=False, frames=None):
+    """Read a video as uint8 RGB frames [N, H, W, 3] and its frame rate.
+
+    size: (W, H) or 'WxH' of a raw .yuv (required there, ignored elsewhere).
+    fps: frame rate for inputs that carry none (.yuv, foreign PNG directories); overrides the file's rate if given.
+    limited_range: code-value range of inputs without a range tag (.yuv, .y4m without XCOLORRANGE).
+    frames: read only the first `frames` frames.
+    """
+    video = _read(path, size=size, fps=fps, limited_range=limited_range, frames=frames)
+    if video.fps is None:
+        raise MediaError(f"{path}: the file has no frame rate; give one (fps)")
+    return video
+
+
+def _read(path, *, size=None, fps=None, limited_range=False, frames=None):
+    # read_video without the frame-rate requirement: eval takes a missing rate from the other file
+    path = os.fspath(path)
+    if frames is not None and frames < 1:
+        raise MediaError(f"frames must be at least 1, got {frames}")
+    limit = frames if frames is not None else sys.maxsize
+    kind = _input_kind(path)
+    if kind == "y4m":
+        arr, rate = _read_y4m(path, limited_range, limit)
+    elif kind == "yuv":
+        arr, rate = _read_yuv(path, size, limited_range, limit)
+    elif kind == "png":
+        arr, rate = _read_png_dir(path, limit)
+    else:
+        arr, rate = _read_ffmpeg(path, limit)
+    if fps is not None:
+        rate = parse_fps(fps)
+    return Video(arr, rate)
+
+
+def _read_y4m(path, limited, limit):
+    with open(path, "rb") as fh:
+        header = fh.readline(65536)
+        if not header.startswith(b"YUV4MPEG2 ") or not header.endswith(b"\n"):
+            raise MediaError(f"{path}: not a YUV4MPEG2 file (bad or overlong header line)")
+        params = {}
+        for tok in header[10:].decode("ascii", "replace").split():
+            if tok[0] == "X":
+                key, _, val = tok[1:].partition("=")
+                params["X" + key.upper()] = val.upper()
+            else:
+                params[tok[0]] = tok[1:]
+        try:
+            wid, hgt = int(params["W"]), int(params["H"])
+        except (KeyError, ValueError):
+            raise MediaError(f"{path}: y4m header lacks a valid W or H") from None
+        if not (0 < wid <= 16384 and 0 < hgt <= 16384):
+            raise MediaError(f"{path}: y4m size {wid}x{hgt} is out of range")
+        rate = None
+        if "F" in params:
+            try:
+                num, den = (int(s) for s in params["F"].split(":"))
+                rate = fractions.Fraction(num, den) if num > 0 and den > 0 else None
+            except ValueError:
+                raise MediaError(f"{path}: y4m frame rate 'F{params['F']}' is not num:den") from None
+        cname = params.get("C", "420jpeg")
+        if cname not in Y4M_CHROMA:
+            raise MediaError(f"{path}: unsupported y4m colorspace C{cname} (supported: 8-bit "
+                             + ", ".join("C" + k for k in Y4M_CHROMA) + ")")
+        sub_x, sub_y, siting = Y4M_CHROMA[cname]
+        rng = params.get("XCOLORRANGE")
+        if rng in ("FULL", "LIMITED"):
+            limited = rng == "LIMITED"
+        luma = wid * hgt
+        if sub_x:
+            cw, ch = -(-wid // sub_x), -(-hgt // sub_y)
+            chroma = cw * ch
+        else:
+            chroma = 0
+        out = []
+        while len(out) < limit:
+            line = fh.readline(4096)
+            if not line:
+                break
+            if not line.startswith(b"FRAME") or not line.endswith(b"\n"):
+                raise MediaError(f"{path}: frame {len(out)} does not start with a FRAME line")
+            data = fh.read(luma + 2 * chroma)
+            if len(data) < luma + 2 * chroma:
+                raise MediaError(f"{path}: frame {len(out)} is truncated ({len(data)} of {luma + 2 * chroma} bytes)")
+            buf = np.frombuffer(data, np.uint8)
+            y = buf[:luma].reshape(hgt, wid)                         # [H, W]
+            if chroma:
+                u = buf[luma:luma + chroma].reshape(ch, cw)          # [h, w]
+                v = buf[luma + chroma:].reshape(ch, cw)
+            else:
+                u = v = np.full((hgt, wid), 128, np.uint8)           # mono: zero chroma
+            out.append(yuv_to_rgb(y, u, v, limited=limited, siting=siting))
+    if not out:
+        raise MediaError(f"{path}: the video has no frames")
+    return np.stack(out), rate
+
+
+def _read_yuv(path, size, limited, limit):
+    if size is None:
+        raise MediaError(f"{path}: a raw .yuv file needs its size (WxH) and frame rate given")
+    wid, hgt = parse_size(size)
+    if wid % 2 or hgt % 2:
+        raise MediaError(f"{path}: I420 needs an even width and height, got {wid}x{hgt}")
+    luma, chroma = wid * hgt, (wid // 2) * (hgt // 2)
+    fsize = luma + 2 * chroma
+    total = os.path.getsize(path)
+    if total == 0:
+        raise MediaError(f"{path}: the video has no frames (empty file)")
+    if total % fsize:
+        raise MediaError(f"{path}: file size {total} is not a multiple of the I420 frame size {fsize} "
+                         f"for {wid}x{hgt}; wrong size?")
+    n = min(total // fsize, limit)
+    out = np.empty((n, hgt, wid, 3), np.uint8)                       # [N, H, W, 3]
+    with open(path, "rb") as fh:
+        for i in range(n):
+            buf = np.frombuffer(fh.read(fsize), np.uint8)
+            y = buf[:luma].reshape(hgt, wid)
+            u = buf[luma:luma + chroma].reshape(hgt // 2, wid // 2)
+            v = buf[luma + chroma:].reshape(hgt // 2, wid // 2)
+            out[i] = yuv_to_rgb(y, u, v, limited=limited, siting="center")
+    return out, None
+
+
+def _read_png_dir(path, limit):
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+    if not names:
+        raise MediaError(f"{path}: the directory holds no .png frames")
+    names = names[:limit]
+    out, rate, size = [], None, None
+    for i, name in enumerate(names):
+        fname = os.path.join(path, name)
+        try:
+            with Image.open(fname) as im:
+                if im.format != "PNG":
+                    raise MediaError(f"{fname}: not a PNG file")
+                if im.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                    raise MediaError(f"{fname}: unsupported PNG mode {im.mode} (8-bit RGB, RGBA, L, LA or P)")
+                if i == 0 and _PNG_FPS_KEY in getattr(im, "text", {}):
+                    rate = parse_fps(im.text[_PNG_FPS_KEY])
+                frame = np.asarray(im.convert("RGB"))                  # [H, W, 3]
+        except OSError as exc:
+            raise MediaError(f"{fname}: not a readable PNG ({exc})") from None
+        if size is None:
+            size = frame.shape
+        elif frame.shape != size:
+            raise MediaError(f"{fname}: size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
+                             f"{size[1]}x{size[0]}")
+        out.append(frame)
+    return np.stack(out), rate
+
+
+def _probe_pix_fmt(path):
+    # The video stream's pixel format and colour tags from `ffmpeg -v verbose -i`, whose stream line reads e.g.
+    # 'Video: h264 (High), 1 reference frame (avc1 / ...), yuvj420p(pc, bt709, progressive, center), 64x48, ...'
+    # (the chroma siting is printed only at verbose level).
+    import imageio_ffmpeg
+    proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-v", "verbose", "-i", path],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    text = proc.stderr.decode("utf-8", "replace")
+    lines = [l for l in text.splitlines() if l.lstrip().startswith("Stream #") and " Video: " in l]
+    if not lines:
+        last = [l for l in text.splitlines() if l.strip()]
+        raise MediaError(f"{path}: ffmpeg finds no video stream ({last[-1].strip() if last else 'no output'})")
+    items = re.split(r",\s*(?![^()]*\))", lines[0].split(" Video: ", 1)[1])
+    for item in items[1:]:
+        m = re.fullmatch(r"([a-z][a-z0-9_]*)(?:\((.*)\))?", item.strip())
+        if m:
+            base, attrs = m.group(1), [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
+            break
+    else:
+        raise MediaError(f"{path}: cannot find the pixel format in ffmpeg's stream line")
+    full = base.startswith("yuvj") or "pc" in attrs
+    matrix, siting = "unknown", "left"                               # untagged: H.264/HEVC defaults
+    for a in attrs:
+        name = a.split("/")[0]
+        if name in ("bt709", "bt470bg", "smpte170m", "bt2020nc", "bt2020c", "fcc", "smpte240m", "gbr",
+                    "ycgco", "ycgco-re", "ycgco-ro", "ictcp", "chroma-derived-nc", "chroma-derived-c", "unknown"):
+            matrix = name
+        elif a in ("left", "center", "topleft", "top", "bottomleft", "bottom"):
+            siting = a if a in SITINGS else "left"
+    return base, full, matrix, siting
+
+
+def _read_ffmpeg(path, limit):
+    import imageio_ffmpeg
+    base, full, matrix, siting = _probe_pix_fmt(path)
+    ours = {"bt709": "bt709", "unknown": "bt709", "bt470bg": "bt601", "smpte170m": "bt601"}.get(matrix)
+    if base in ("yuv420p", "yuvj420p") and ours:
+        mode, pix_fmt, bits = "420", base, 12
+    elif base in ("yuv444p", "yuvj444p") and ours:
+        mode, pix_fmt, bits = "444", base, 24
+    else:
+        mode, pix_fmt, bits = "rgb", "rgb24", 24                     # ffmpeg's own conversion
+    gen = imageio_ffmpeg.read_frames(path, pix_fmt=pix_fmt, bits_per_pixel=bits)
+    try:
+        meta = next(gen)
+    except (OSError, RuntimeError, IndexError, StopIteration, ValueError) as exc:
+        lines = [l for l in str(exc).splitlines() if l.strip()]
+        raise MediaError(f"{path}: ffmpeg cannot read this file ({lines[-1] if lines else exc})") from None
+    wid, hgt = meta["size"]
+    if mode == "420" and (wid % 2 or hgt % 2):
+        gen.close()                                                  # odd 4:2:0 frames: let ffmpeg convert
+        mode, pix_fmt, bits = "rgb", "rgb24", 24
+        gen = imageio_ffmpeg.read_frames(path, pix_fmt=pix_fmt, bits_per_pixel=bits)
+        meta = next(gen)
+    luma = wid * hgt
+    chroma = luma // 4 if mode == "420" else luma
+    out = []
+    try:
+        for data in gen:
+            buf = np.frombuffer(data, np.uint8)
+            if mode == "rgb":
+                out.append(buf.reshape(hgt, wid, 3).copy())
+            else:
+                cw, ch = (wid // 2, hgt // 2) if mode == "420" else (wid, hgt)
+                y = buf[:luma].reshape(hgt, wid)
+                u = buf[luma:luma + chroma].reshape(ch, cw)
+                v = buf[luma + chroma:luma + 2 * chroma].reshape(ch, cw)
+                out.append(yuv_to_rgb(y, u, v, limited=not full, matrix=ours, siting=siting))
+            if len(out) >= limit:
+                break
+    except RuntimeError as exc:
+        raise MediaError(f"{path}: ffmpeg failed after {len(out)} frames ({str(exc).splitlines()[0]})") from None
+    finally:
+        gen.close()
+    if not out:
+        raise MediaError(f"{path}: the video has no frames")
+    fps = meta.get("fps") or 0
+    return np.stack(out), (_fraction_from_float(fps) if fps > 0 else None)
+
+
+# ==================================================================================================
+# Writing (atomic)
+# ==================================================================================================
+
+FILE_OUTPUTS = (".y4m", ".yuv", ".mp4", ".mkv")
+MP4_CRF = 12          # libx264 constant-rate factor of .mp4 / .mkv output: visually lossless, not a codec anchor
+
+
+def _output_kind(path):
+    path = os.fspath(path)
+    ext = os.path.splitext(path.rstrip("/\\"))[1].lower()
+    if path.endswith(("/", os.sep)) or os.path.isdir(path) or ext == "":
+        return "png"
+    if ext in FILE_OUTPUTS:
+        return ext[1:]
+    raise MediaError(f"{path}: unsupported output extension '{ext}' (write: {', '.join(FILE_OUTPUTS)} "
+                     f"or a directory for PNG frames)")
+
+
+def check_output(path, width, height):
+    """Raise MediaError now if write_video(path, ...) of a width x height video would fail later.
+
+    For a CLI to call before a long decode: supported kind, a parent directory that exists, even size where
+    4:2:0 needs it.
+    """
+    kind = _output_kind(path)
+    parent = os.path.dirname(os.path.abspath(os.fspath(path).rstrip("/\\")))
+    if not os.path.isdir(parent):
+        raise MediaError(f"{path}: directory {parent} does not exist")
+    if kind in ("mp4", "mkv", "yuv") and (width % 2 or height % 2):
+        raise MediaError(f"{path}: .{kind} output is 4:2:0 and needs an even width and height, got "
+                         f"{width}x{height}; write .y4m or a PNG directory instead (gvcc does not resize)")
+    if kind == "png" and os.path.exists(path) and not os.path.isdir(path):
+        raise MediaError(f"{path}: exists and is not a directory")
+    return kind
+
+
+def write_video(path, frames, fps, *, limited_range=False):
+    """Write uint8 RGB frames [N, H, W, 3] to .y4m, .yuv, .mp4, .mkv or a PNG directory, atomically.
+
+    The whole output appears under `path` only once it is complete; on any failure nothing is left behind
+    and an existing file at `path` is untouched. limited_range selects the Y'CbCr code-value range (tagged in
+    .y4m and .mp4; not stored in .yuv).
+    """
+    path = os.fspath(path)
+    _check_frames(frames)
+    fps = parse_fps(fps)
+    n, hgt, wid, _ = frames.shape
+    kind = check_output(path, wid, hgt)
+    if kind == "png":
+        _write_png_dir(path, frames, fps)
+        return
+    target = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix="." + os.path.basename(target) + ".",
+                               suffix=".part")
+    os.close(fd)
+    try:
+        if kind == "y4m":
+            _write_y4m(tmp, frames, fps, limited_range)
+        elif kind == "yuv":
+            _write_yuv(tmp, frames, limited_range)
+        else:
+            _write_ffmpeg(tmp, frames, fps, limited_range, "mp4" if kind == "mp4" else "matroska")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_y4m(tmp, frames, fps, limited):
+    n, hgt, wid, _ = frames.shape
+    rng = "LIMITED" if limited else "FULL"
+    header = f"YUV4MPEG2 W{wid} H{hgt} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg XYSCSS=420JPEG " \
+             f"XCOLORRANGE={rng}\n"
+    with open(tmp, "wb") as fh:
+        fh.write(header.encode("ascii"))
+        for frame in frames:
+            y, u, v = rgb_to_yuv(frame, limited=limited)
+            fh.write(b"FRAME\n")
+            fh.write(y.tobytes() + u.tobytes() + v.tobytes())
+
+
+def _write_yuv(tmp, frames, limited):
+    with open(tmp, "wb") as fh:
+        for frame in frames:
+            y, u, v = rgb_to_yuv(frame, limited=limited)
+            fh.write(y.tobytes() + u.tobytes() + v.tobytes())
+
+
+def _write_ffmpeg(tmp, frames, fps, limited, container):
+    import imageio_ffmpeg
+    n, hgt, wid, _ = frames.shape
+    rng = "tv" if limited else "pc"
+    # The tags go on the raw input too: ffmpeg passes the frames' own colour properties to the encoder's VUI.
+    tags = ["-color_range", rng, "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+            "-chroma_sample_location", "center"]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{wid}x{hgt}",
+           "-framerate", f"{fps.numerator}/{fps.denominator}", *tags, "-i", "-",
+           "-c:v", "libx264", "-preset", "medium", "-crf", str(MP4_CRF), "-pix_fmt", "yuv420p", *tags,
+           "-map_metadata", "-1", "-fflags", "+bitexact", "-f", container, tmp]
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            for frame in frames:
+                y, u, v = rgb_to_yuv(frame, limited=limited)
+                proc.stdin.write(y.tobytes() + u.tobytes() + v.tobytes())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            lines = [l for l in err.read().decode("utf-8", "replace").splitlines() if l.strip()]
+            raise MediaError(f"{tmp}: ffmpeg (libx264) failed: {lines[-1] if lines else 'exit code %d' % rc}")
+
+
+def _write_png_dir(path, frames, fps):
+    target = os.path.abspath(os.fspath(path).rstrip("/\\"))
+    if os.path.isdir(target):
+        foreign = [n for n in os.listdir(target) if not re.fullmatch(r"\d+\.png", n)]
+        if foreign:
+            raise MediaError(f"{path}: refusing to replace a directory that holds other files "
+                             f"than frames (e.g. {foreign[0]})")
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix="." + os.path.basename(target) + ".", suffix=".part")
+    old = None
+    try:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(_PNG_FPS_KEY, f"{fps.numerator}/{fps.denominator}")
+        digits = max(6, len(str(len(frames) - 1)))
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame, "RGB").save(os.path.join(tmp, f"{i:0{digits}d}.png"), pnginfo=info,
+                                               compress_level=3)
+        if os.path.isdir(target):
+            # A directory cannot be renamed over a non-empty one: move the old frames aside first.
+            old = tmp + ".old"
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not os.path.exists(target):
+            os.replace(old, target)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ==================================================================================================
+# Checksums (dav1d style: md5 of the decoded pixels)
+# ==================================================================================================
+
+def frames_md5(frames):
+    """md5 hex digest of all frames' uint8 RGB bytes in order (row-major [N, H, W, 3])."""
+    _check_frames(frames)
+    h = hashlib.md5()
+    for frame in frames:
+        h.update(np.ascontiguousarray(frame).tobytes())
+    return h.hexdigest()
+
+
+def frame_md5s(frames):
+    """md5 hex digest of each frame's uint8 RGB bytes [H, W, 3]."""
+    _check_frames(frames)
+    return [hashlib.md5(np.ascontiguousarray(f).tobytes()).hexdigest() for f in frames]
+
+
+# ==================================================================================================
+# Resize (Lanczos)
+# ==================================================================================================
+
+def resize(frames, width, height):
+    """uint8 RGB [N, H, W, 3] -> [N, height, width, 3] with Pillow's Lanczos-3 (antialiased when shrinking).
+
+    Pillow filters 8-bit images in fixed point, so the result is the same on every machine with the same Pillow.
+    """
+    _check_frames(frames)
+    width, height = parse_size((width, height))
+    if frames.shape[1:3] == (height, width):
+        return frames.copy()
+    out = np.empty((frames.shape[0], height, width, 3), np.uint8)   # [N, height, width, 3]
+    for i, frame in enumerate(frames):
+        out[i] = np.asarray(Image.fromarray(frame, "RGB").resize((width, height), Image.Resampling.LANCZOS))
+    return out
+
+
+# ==================================================================================================
+# Still frames (AVIF through Pillow)
+# ==================================================================================================
+
+# Fixed encoder settings, so that encoding the same frame twice gives the same bytes. Only the decoder is
+# normative: AV1 decoding is exact, so any machine decodes a still to the same Y'CbCr samples.
+AVIF_SPEED = 6          # libaom speed preset (0 slowest .. 10)
+AVIF_SUBSAMPLING = "4:2:0"
+
+
+def encode_still(rgb, quality):
+    """uint8 RGB [H, W, 3] -> AVIF bytes at `quality` (0 worst .. 100 lossless-ish), deterministic settings."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise MediaError("a still frame must be a uint8 array [H, W, 3]")
+    if not (isinstance(quality, (int, np.integer)) and 0 <= quality <= 100):
+        raise MediaError(f"AVIF quality must be an integer from 0 to 100, got {quality!r}")
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="AVIF", quality=int(quality), speed=AVIF_SPEED,
+                                      subsampling=AVIF_SUBSAMPLING, range="full", max_threads=1)
+    return buf.getvalue()
+
+
+def decode_still(data):
+    """AVIF bytes -> uint8 RGB [H, W, 3]. MediaError if the bytes are not a decodable AVIF image."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["AVIF"]) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except (OSError, ValueError, SyntaxError):
+        raise MediaError(f"still frame: {len(data)} bytes that are not a decodable AVIF image") from None
+
+
+# ==================================================================================================
+# Metrics: PSNR, YUV PSNR, MS-SSIM, LPIPS
+# ==================================================================================================
+
+def _pair(ref, dec):
+    ref, dec = np.asarray(ref), np.asarray(dec)
+    if ref.shape != dec.shape:
+        raise ValueError(f"frames differ in shape: {list(ref.shape)} vs {list(dec.shape)}")
+    if ref.ndim not in (3, 4) or ref.shape[-1] != 3:
+        raise ValueError(f"expected RGB frames [H, W, 3] or [N, H, W, 3], got {list(ref.shape)}")
+    return ref, dec
+
+
+def _per_frame(fn, ref, dec):
+    # one frame [H, W, 3] -> float; frames [N, H, W, 3] -> float64 [N]
+    ref, dec = _pair(ref, dec)
+    if ref.ndim == 3:
+        return fn(ref, dec)
+    return np.array([fn(r, d) for r, d in zip(ref, dec)], np.float64)
+
+
+def _psnr_from_mse(mse):
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def psnr(ref, dec):
+    """PSNR in dB of uint8 RGB frames in [0, 1] (peak 1): per frame; +inf for identical frames."""
+    def one(r, d):
+        diff = (r.astype(np.float64) - d.astype(np.float64)) / 255.0
+        return _psnr_from_mse(float(np.mean(diff * diff)))
+    return _per_frame(one, ref, dec)
+
+
+def yuv_psnrs(ref, dec, *, chroma="420"):
+    """(psnr_y, psnr_u, psnr_v) of BT.709 full-range planes in [0, 1]; chroma '420' (2x2 means) or '444'."""
+    if chroma not in ("420", "444"):
+        raise ValueError(f"chroma must be '420' or '444', got {chroma!r}")
+    sub = (2, 2) if chroma == "420" else (1, 1)
+
+    def one(r, d):
+        a, b = rgb_to_ypbpr(r), rgb_to_ypbpr(d)                    # [3, H, W]
+        out = []
+        for c in range(3):
+            pa, pb = (a[c], b[c]) if c == 0 else (chroma_downsample(a[c], *sub), chroma_downsample(b[c], *sub))
+            out.append(_psnr_from_mse(float(np.mean((pa - pb) ** 2))))
+        return tuple(out)
+    ref, dec = _pair(ref, dec)
+    if ref.ndim == 3:
+        return one(ref, dec)
+    return np.array([one(r, d) for r, d in zip(ref, dec)], np.float64).reshape(-1, 3).T   # [3, N]
+
+
+def psnr_yuv(ref, dec, *, chroma="420"):
+    """(6 psnr_y + psnr_u + psnr_v) / 8 per frame, the weighting of the learned-codec literature (DCVC)."""
+    y, u, v = yuv_psnrs(ref, dec, chroma=chroma)
+    return (6.0 * np.asarray(y) + np.asarray(u) + np.asarray(v)) / 8.0
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)    # Wang et al. 2003, scales fine -> coarse
+MS_SSIM_MIN_SIDE = (11 - 1) * 2 ** 4 + 1                         # 161: the window must fit the coarsest scale
+
+
+def _gauss_1d(size=11, sigma=1.5):
+    x = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def _blur_valid(x, g):
+    # separable 'valid' filter by a symmetric kernel: [..., H, W] -> [..., W-10, H-10] (note: transposed).
+    # Each pass filters along rows of a contiguous array, then transposes; taps of equal weight are added
+    # first and everything accumulates in place. Callers only take means, so the transposition is harmless.
+    k, c = g.size, g.size // 2
+    for _ in range(2):
+        n = x.shape[-2] - k + 1
+        out = np.multiply(x[..., c:c + n, :], g[c])                   # [..., n, W]
+        tmp = np.empty_like(out)
+        for i in range(c):
+            np.add(x[..., i:i + n, :], x[..., k - 1 - i:k - 1 - i + n, :], out=tmp)
+            tmp *= g[i]
+            out += tmp
+        x = np.ascontiguousarray(np.swapaxes(out, -1, -2))          # [..., W, n]
+    return x
+
+
+def _ssim_terms(x, y, g, c1, c2):
+    # one channel x, y [H, W] -> (mean SSIM, mean contrast-structure term)
+    mu1, mu2, xx, yy, xy = _blur_valid(np.stack([x, y, x * x, y * y, x * y]), g)   # [5, W-10, H-10]
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1, s2, s12 = xx - mu1_sq, yy - mu2_sq, xy - mu12              # variances and covariance
+    cs_map = (2.0 * s12 + c2) / (s1 + s2 + c2)
+    ssim_map = (2.0 * mu12 + c1) / (mu1_sq + mu2_sq + c1) * cs_map
+    return float(ssim_map.mean()), float(cs_map.mean())
+
+
+def _avg_pool2(x):
+    # 2x2 mean pooling, stride 2, with one zero row/column on *both* sides of an odd size counted in the mean
+    # (torch's avg_pool2d(padding=size % 2, count_include_pad=True), as pytorch-msssim uses it)
+    ph, pw = x.shape[0] % 2, x.shape[1] % 2
+    if ph or pw:
+        x = np.pad(x, [(ph, ph), (pw, pw)])
+    hgt, wid = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    x = x[:hgt, :wid]
+    return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
+
+
+def ms_ssim(ref, dec):
+    """MS-SSIM of uint8 RGB frames (see the module docstring): per frame, 1.0 for identical frames."""
+    g = _gauss_1d()
+    c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2                  # (K1 L)^2, (K2 L)^2 with data range L = 1
+    levels = len(MS_SSIM_WEIGHTS)
+
+    def one(r, d):
+        hgt, wid = r.shape[:2]
+        if min(hgt, wid) < MS_SSIM_MIN_SIDE:
+            raise ValueError(f"MS-SSIM needs frames of at least {MS_SSIM_MIN_SIDE} pixels per side "
+                             f"(5 scales of an 11-pixel window), got {wid}x{hgt}")
+        per_channel = []
+        for ch in range(3):
+            x = r[..., ch].astype(np.float64) / 255.0               # [H, W]
+            y = d[..., ch].astype(np.float64) / 255.0
+            val = 1.0
+            for level in range(levels):
+                ssim_l, cs_l = _ssim_terms(x, y, g, c1, c2)
+                if level < levels - 1:
+                    val *= max(cs_l, 0.0) ** MS_SSIM_WEIGHTS[level]
+                    x, y = _avg_pool2(x), _avg_pool2(y)             # [ceil(H/2), ceil(W/2)]
+            per_channel.append(val * max(ssim_l, 0.0) ** MS_SSIM_WEIGHTS[-1])
+        return float(np.mean(per_channel))
+    return _per_frame(one, ref, dec)
+
+
+ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"     # torchvision's file name in the torch hub cache
+_LPIPS_MODEL = {}
+
+
+def lpips_unavailable():
+    """None when LPIPS can run without a download, else a one-line reason."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return "the lpips package is not installed (pip install lpips)"
+    import torch
+    ckpt = os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_WEIGHTS)
+    if not os.path.exists(ckpt):
+        return f"torchvision's AlexNet weights are not at {ckpt} (gvcc does not download them)"
+    return None
+
+
+def lpips(ref, dec, *, batch=8):
+    """LPIPS v0.1 (AlexNet) distance per frame of uint8 RGB frames [N, H, W, 3]; MediaError if unavailable."""
+    reason = lpips_unavailable()
+    if reason:
+        raise MediaError(f"LPIPS unavailable: {reason}")
+    import lpips as lpips_pkg
+    import torch
+    ref, dec = _pair(ref, dec)
+    single = ref.ndim == 3
+    if single:
+        ref, dec = ref[None], dec[None]
+    if "alex" not in _LPIPS_MODEL:
+        _LPIPS_MODEL["alex"] = lpips_pkg.LPIPS(net="alex", version="0.1", verbose=False).eval()
+    model = _LPIPS_MODEL["alex"]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ref), batch):
+            a = torch.from_numpy(ref[i:i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1.0   # [B, 3, H, W]
+            b = torch.from_numpy(dec[i:i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            out.extend(model(a, b).flatten().double().tolist())
+    return out[0] if single else np.array(out)
+
+
+# ==================================================================================================
+# Bjontegaard deltas
+# ==================================================================================================
+
+def _pchip_slopes(x, y):
+    # Fritsch-Carlson monotone slopes, with the three-point end formula (as scipy's PchipInterpolator)
+    h, d = np.diff(x), np.diff(y) / np.diff(x)
+    n = len(x)
+    m = np.zeros(n)
+    if n == 2:
+        return np.array([d[0], d[0]])
+    for k in range(1, n - 1):
+        if d[k - 1] * d[k] > 0:
+            w1, w2 = 2 * h[k] + h[k - 1], h[k] + 2 * h[k - 1]
+            m[k] = (w1 + w2) / (w1 / d[k - 1] + w2 / d[k])
+    for end, (h0, h1, d0, d1) in ((0, (h[0], h[1], d[0], d[1])), (n - 1, (h[-1], h[-2], d[-1], d[-2]))):
+        s = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+        if np.sign(s) != np.sign(d0):
+            s = 0.0
+        elif np.sign(d0) != np.sign(d1) and abs(s) > abs(3 * d0):
+            s = 3 * d0
+        m[end] = s
+    return m
+
+
+def _pchip_integral(x, y, lo, hi):
+    # exact integral over [lo, hi] of the piecewise cubic Hermite interpolant through (x, y)
+    m = _pchip_slopes(x, y)
+
+    def antiderivative(t_abs):
+        # integral from x[0] to t_abs
+        total = 0.0
+        for k in range(len(x) - 1):
+            a, b = x[k], x[k + 1]
+            if t_abs <= a:
+                break
+            h = b - a
+            t = (min(t_abs, b) - a) / h
+            # integrals over [0, t] of the Hermite basis h00, h10, h01, h11
+            i00 = t ** 4 / 2 - t ** 3 + t
+            i10 = t ** 4 / 4 - 2 * t ** 3 / 3 + t ** 2 / 2
+            i01 = -t ** 4 / 2 + t ** 3
+            i11 = t ** 4 / 4 - t ** 3 / 3
+            total += h * (i00 * y[k] + i10 * h * m[k] + i01 * y[k + 1] + i11 * h * m[k + 1])
+        return total
+    return antiderivative(hi) - antiderivative(lo)
+
+
+def _bd_integrals(xa, ya, xb, yb, method):
+    # mean of y_b - y_a over the overlap of the x ranges, each y a function of x fitted per `method`
+    for x in (xa, xb):
+        if len(x) < 2:
+            raise ValueError("a Bjontegaard delta needs at least 2 points per curve")
+        if len(np.unique(x)) != len(x):
+            raise ValueError("a Bjontegaard curve has two points at the same quality (or rate)")
+    lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
+    if not hi > lo:
+        raise ValueError("the two R-D curves do not overlap, so their Bjontegaard delta is undefined")
+    ints = []
+    for x, y in ((xa, ya), (xb, yb)):
+        order = np.argsort(x)
+        x, y = x[order], y[order]
+        if method == "cubic":
+            p = np.polyint(np.polyfit(x, y, min(3, len(x) - 1)))
+            ints.append(np.polyval(p, hi) - np.polyval(p, lo))
+        elif method == "pchip":
+            ints.append(_pchip_integral(x, y, lo, hi))
+        else:
+            raise ValueError(f"method must be 'cubic' or 'pchip', got {method!r}")
+    return (ints[1] - ints[0]) / (hi - lo)
+
+
+def bd_rate(rate_a, quality_a, rate_b, quality_b, *, method="cubic"):
+    """Bjontegaard delta rate of curve b against anchor a, in percent (negative: b needs fewer bits).
+
+    Rates in any unit (bpp, kbps), qualities in dB (or any metric that grows with quality). log-rate is fitted
+    as a function of quality and averaged over the overlapping quality interval.
+    """
+    qa, qb = np.asarray(quality_a, np.float64), np.asarray(quality_b, np.float64)
+    la, lb = np.log(np.asarray(rate_a, np.float64)), np.log(np.asarray(rate_b, np.float64))
+    return float((math.exp(_bd_integrals(qa, la, qb, lb, method)) - 1.0) * 100.0)
+
+
+def bd_quality(rate_a, quality_a, rate_b, quality_b, *, method="cubic"):
+    """Bjontegaard delta quality (BD-PSNR in dB for PSNR) of curve b against anchor a at equal rate."""
+    la, lb = np.log(np.asarray(rate_a, np.float64)), np.log(np.asarray(rate_b, np.float64))
+    qa, qb = np.asarray(quality_a, np.float64), np.asarray(quality_b, np.float64)
+    return float(_bd_integrals(la, qa, lb, qb, method))
+
+
+# ==================================================================================================
+# Evaluation (`gvcc eval`)
+# ==================================================================================================
+
+METRICS = ("psnr", "psnr_yuv", "psnr_y", "psnr_u", "psnr_v", "ms_ssim", "lpips")
+
+CONVENTIONS = {
+    "psnr": "RGB in [0, 1], peak 1, per frame",
+    "psnr_yuv": "(6 Y + U + V) / 8 of per-plane PSNRs; BT.709 full range, chroma 4:2:0 by 2x2 means, peak 1",
+    "ms_ssim": "5 scales, 11x11 Gaussian sigma 1.5, weights of Wang et al. 2003, per RGB channel then mean",
+    "lpips": "LPIPS v0.1 AlexNet, inputs in [-1, 1]",
+    "aggregation": "mean: over frames; gop_mean: over GOP means; PSNR averaged in dB",
+    "rate": "bpp = file bits / (source width x height x frames)",
+}
+
+
+def evaluate(ref, dec, *, gop=33, use_lpips=True, progress=None):
+    """Metrics of decoded frames against reference frames, both uint8 RGB [N, H, W, 3] of the same shape.
+
+    Returns {"per_frame": [{metric: value}], "per_gop": [...], "sequence": {...}, "notes": [...]}; metrics that
+    cannot be computed (MS-SSIM on small frames, LPIPS without its weights) are None with a note saying why.
+    """
+    ref, dec = _pair(ref, dec)
+    if ref.ndim != 4:
+        raise ValueError("evaluate takes frames [N, H, W, 3]")
+    if gop < 1:
+        raise ValueError(f"gop must be at least 1, got {gop}")
+    n, hgt, wid, _ = ref.shape
+    notes = []
+    do_msssim = min(hgt, wid) >= MS_SSIM_MIN_SIDE
+    if not do_msssim:
+        notes.append(f"MS-SSIM not computed: frames are {wid}x{hgt}, it needs at least {MS_SSIM_MIN_SIDE} "
+                     f"pixels per side")
+    reason = lpips_unavailable() if use_lpips else "disabled"
+    if reason:
+        notes.append(f"LPIPS not computed: {reason}")
+    rows = []
+    t_last = time.monotonic()
+    for i in range(n):
+        r, d = ref[i], dec[i]
+        y, u, v = yuv_psnrs(r, d)
+        rows.append({
+            "frame": i, "psnr": psnr(r, d), "psnr_yuv": (6.0 * y + u + v) / 8.0, "psnr_y": y, "psnr_u": u,
+            "psnr_v": v, "ms_ssim": ms_ssim(r, d) if do_msssim else None, "lpips": None,
+        })
+        if progress and time.monotonic() - t_last > 2.0:
+            progress(f"eval: frame {i + 1}/{n}")
+            t_last = time.monotonic()
+    if not reason:
+        if progress:
+            progress("eval: LPIPS")
+        for row, value in zip(rows, lpips(ref, dec)):
+            row["lpips"] = float(value)
+
+    def mean(rs, key):
+        vals = [r[key] for r in rs]
+        return None if any(v is None for v in vals) else float(np.mean(vals))
+    gops = []
+    for g, first in enumerate(range(0, n, gop)):
+        rs = rows[first:first + gop]
+        gops.append({"gop": g, "first_frame": first, "frames": len(rs), **{k: mean(rs, k) for k in METRICS}})
+    seq = {"frames": n, **{k: mean(rows, k) for k in METRICS}}
+    seq_gop = {k: (None if any(x[k] is None for x in gops) else float(np.mean([x[k] for x in gops])))
+               for k in METRICS}
+    return {"per_frame": rows, "per_gop": gops, "sequence": seq, "sequence_gop_mean": seq_gop, "notes": notes}
+
+
+def stream_rate(bitstream_path, ref_width, ref_height, ref_frames, ref_fps):
+    """Rate of a coded file: bits, bpp and kbps against the source, and where the numbers came from.
+
+    A gvcc stream's header gives the source size, frame count and rate; any other file (an anchor's
+    elementary stream) is measured against the reference video's size, frame count and rate.
+    """
+    path = os.fspath(bitstream_path)
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    bits = 8 * len(data)
+    wid, hgt, frames, fps, basis = ref_width, ref_height, ref_frames, ref_fps, "file size; reference size and frames"
+    try:
+        import bitstream
+    except ImportError:
+        bitstream = None
+    magic = getattr(bitstream, "MAGIC", None) if bitstream else None
+    if bitstream is not None and (magic is None or data.startswith(magic)):
+        try:
+            hdr = bitstream.read_header(data)
+        except Exception as exc:  # BitstreamError: a damaged gvcc stream must not be measured as something else
+            if magic is not None:
+                raise MediaError(f"{path}: {exc}") from None
+        else:
+            wid, hgt, frames = hdr.src_width, hdr.src_height, hdr.frames
+            fps = fractions.Fraction(hdr.fps_num, hdr.fps_den)
+            basis = "gvcc header: source size, frames and fps"
+    out = {"bits": bits, "bpp": bits / (wid * hgt * frames), "width": wid, "height": hgt, "frames": frames,
+           "fps": None if fps is None else f"{fps.numerator}/{fps.denominator}", "basis": basis,
+           "kbps": None if fps is None else bits / (frames / float(fps)) / 1000.0}
+    return out
+
+
+def _json_safe(x):
+    # JSON has no infinity: identical frames (infinite PSNR) are written as null, and a note says so
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _fmt(v, digits):
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def format_table(result):
+    """The stdout table of `gvcc eval`: a header block, one row per frame, per GOP, and the sequence means."""
+    cols = [("psnr", 2), ("psnr_yuv", 2), ("psnr_y", 2), ("psnr_u", 2), ("psnr_v", 2), ("ms_ssim", 4),
+            ("lpips", 4)]
+    lines = []
+    src = result["source"]
+    lines.append(f"reference  {result['reference']}  ({src['width']}x{src['height']}, {src['frames']} frames, "
+                 f"{src['fps'] or '?'} fps)")
+    lines.append(f"decoded    {result['decoded']}")
+    rate = result.get("rate")
+    if rate:
+        kbps = f", {rate['kbps']:.2f} kbps" if rate["kbps"] is not None else ""
+        lines.append(f"rate       {rate['bits']} bits, {rate['bpp']:.6f} bpp{kbps}  ({rate['basis']}: "
+                     f"{rate['width']}x{rate['height']}, {rate['frames']} frames)")
+    for note in result["notes"]:
+        lines.append(f"note       {note}")
+    head = "".join(f"{name:>10}" for name, _ in cols)
+    row = lambda label, values: f"{label:>13}" + "".join(f"{_fmt(values[k], d):>10}" for k, d in cols)
+    lines += ["", f"{'frame':>13}" + head]
+    lines += [row(str(r["frame"]), r) for r in result["per_frame"]]
+    lines += ["", f"{'gop (frames)':>13}" + head]
+    lines += [row(f"{g['gop']} ({g['first_frame']}-{g['first_frame'] + g['frames'] - 1})", g)
+              for g in result["per_gop"]]
+    lines += ["", row("mean", result["sequence"]), row("gop_mean", result["sequence_gop_mean"])]
+    return "\n".join(lines)
+
+
+def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=33, frames=None, size=None, fps=None,
+              limited_range=False, resize_to=None, use_lpips=True, out=None, progress=None):
+    """`gvcc eval`: compare a decoded video with its reference, print the table, optionally write JSON.
+
+    ref, dec: video paths (any read_video input). bitstream: the coded file, for the rate. json_out: path of
+    the JSON report (written atomically). gop: frames per GOP for the per-GOP means. frames: evaluate only the
+    first `frames` frames. size ('WxH'), fps, limited_range: how to read raw .yuv inputs (fps also fills in a
+    rate that neither file carries). resize_to ('WxH'): compare at this working resolution, resizing (Lanczos)
+    whichever video is not already at it; without it the sizes must match. Returns the report dict.
+    """
+    out = out or sys.stdout
+    r = _read(ref, size=size, fps=fps, limited_range=limited_range, frames=frames)
+    d = _read(dec, size=size, fps=fps, limited_range=limited_range, frames=frames)
+    rate_fps = r.fps or d.fps
+    n_ref, n_dec = len(r.frames), len(d.frames)
+    if n_ref != n_dec:
+        raise MediaError(f"frame counts differ: {ref} has {n_ref}, {dec} has {n_dec}; give frames to compare "
+                         f"the first {min(n_ref, n_dec)}")
+    src_h, src_w = r.frames.shape[1:3]
+    ref_frames, dec_frames = r.frames, d.frames
+    if resize_to is not None:
+        tw, th = parse_size(resize_to)
+        ref_frames, dec_frames = resize(ref_frames, tw, th), resize(dec_frames, tw, th)
+    elif ref_frames.shape != dec_frames.shape:
+        raise MediaError(f"sizes differ: {ref} is {src_w}x{src_h}, {dec} is {dec_frames.shape[2]}x"
+                         f"{dec_frames.shape[1]}; give a working size (resize) to compare at one size")
+    result = {
+        "reference": os.fspath(ref), "decoded": os.fspath(dec),
+        "source": {"width": int(src_w), "height": int(src_h), "frames": n_ref,
+                   "fps": None if rate_fps is None else f"{rate_fps.numerator}/{rate_fps.denominator}"},
+        "compared_at": {"width": int(ref_frames.shape[2]), "height": int(ref_frames.shape[1])},
+        "gop": gop, "conventions": CONVENTIONS,
+    }
+    if bitstream is not None:
+        result["rate"] = stream_rate(bitstream, src_w, src_h, n_ref, rate_fps)
+    metrics = evaluate(ref_frames, dec_frames, gop=gop, use_lpips=use_lpips, progress=progress)
+    same = [row["frame"] for row in metrics["per_frame"] if row["psnr"] == math.inf]
+    if same:
+        metrics["notes"].append(f"{len(same)} frame(s) identical to the reference (first: {same[0]}): PSNR is "
+                                f"inf there and in every mean over them (null in JSON)")
+    result.update(metrics)
+    print(format_table(result), file=out)
+    if json_out is not None:
+        text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
+        target = os.path.abspath(os.fspath(json_out))
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix="." + os.path.basename(target) + ".",
+                                   suffix=".part")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text + "\n")
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    return result
+
+
+def add_eval_arguments(parser):
+    """Add `gvcc eval`'s arguments to an argparse (sub)parser; run_eval(args) then does the rest."""
+    parser.add_argument("ref", help="reference video (.y4m, .yuv, .mp4/.mkv/.webm, PNG directory)")
+    parser.add_argument("decoded", help="decoded video, same kinds")
+    parser.add_argument("--bitstream", help="coded file: gives the rate (bpp, kbps) against the source")
+    parser.add_argument("--json", help="also write the full report (per frame, per GOP, sequence) as JSON")
+    parser.add_argument("--gop", type=int, default=33, help="frames per GOP for the per-GOP means (33)")
+    parser.add_argument("--frames", type=int, help="compare only the first N frames of both videos")
+    parser.add_argument("--size", help="WxH of raw .yuv inputs")
+    parser.add_argument("--fps", help="frame rate of inputs that carry none (e.g. 30000/1001)")
+    parser.add_argument("--limited-range", action="store_true",
+                        help="untagged .yuv/.y4m inputs are limited range (default: full range)")
+    parser.add_argument("--resize", help="compare at this working size WxH (Lanczos), e.g. the paper's 1280x720")
+    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even if it is available")
+
+
+def run_eval(args):
+    """Run eval_main from the arguments add_eval_arguments defined; progress goes to stderr."""
+    return eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
+                     frames=args.frames, size=args.size, fps=args.fps, limited_range=args.limited_range,
+                     resize_to=args.resize, use_lpips=not args.no_lpips,
+                     progress=lambda msg: print(msg, file=sys.stderr))

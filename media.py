@@ -553,11 +553,20 @@ def write_video(path, frames, fps, *, limited_range=False):
             _write_yuv(tmp, frames, limited_range)
         else:
             _write_ffmpeg(tmp, frames, fps, limited_range, "mp4" if kind == "mp4" else "matroska")
-        os.replace(tmp, target)
+        _publish(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _publish(tmp, target, is_dir=False):
+    # mkstemp / mkdtemp create private (0600 / 0700) entries: give the result the permissions a plain open()
+    # would have under the user's umask, then rename it into place
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~mask)
+    os.replace(tmp, target)
 
 
 def _write_y4m(tmp, frames, fps, limited):
@@ -632,7 +641,7 @@ def _write_png_dir(path, frames, fps):
             # A directory cannot be renamed over a non-empty one: move the old frames aside first.
             old = tmp + ".old"
             os.replace(target, old)
-        os.replace(tmp, target)
+        _publish(tmp, target, is_dir=True)
     except BaseException:
         if old is not None and not os.path.exists(target):
             os.replace(old, target)
@@ -1171,7 +1180,7 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=33, frames=None, s
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(text + "\n")
-            os.replace(tmp, target)
+            _publish(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)

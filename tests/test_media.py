@@ -515,3 +515,14 @@ def test_eval_mismatches_and_options(tmp_path):
     res = media.eval_main(str(tmp_path / "ref.y4m"), str(tmp_path / "half.y4m"), resize_to="48x32",
                           out=io.StringIO())
     assert res["compared_at"] == {"width": 48, "height": 32} and res["sequence"]["psnr"] > 30
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        media.write_video(str(tmp_path / "a.y4m"), smooth_clip(n=1), 25)
+        media.write_video(str(tmp_path / "d"), smooth_clip(n=1), 25)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.y4m").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

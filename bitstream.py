@@ -157,15 +157,15 @@ port needs only big-integer addition, comparison, and multiplication and divisio
 6. Tail residual blob
 ---------------------
     residual_data = zlib( scales || q )          (RFC 1950 zlib stream; any compression level)
-    scales: n_channels float32, little-endian    one per latent channel (16), finite and >= 0
-    q:      n_channels * n_values int8           two's complement, channel-major: q[c * n_values + y * w + x]
+    scales: n_channels float32, little-endian    one per latent channel, finite and >= 0
+    q:      n_values int8                        two's complement, channel-major: q[(c * h + y) * w + x]
 
-The residual covers the last latent frame of the GOP: n_channels = 16 and n_values = h * w, where
+The residual covers the last latent frame of the GOP: n_channels = C = 16 and n_values = C * h * w, where
 h = 2 * ceil(height / 16) and w = 2 * ceil(width / 16) is the latent size of the padded working frame. The
 dequantised residual is scale_c * q / 127. gvcc.py adds it to the final latent of that frame before VAE
 decoding. In I2V mode that corrected frame is also the next GOP's reference. The decoder decompresses no more
-than 4 * n_channels + n_channels * n_values + 1 bytes, and rejects the blob unless the output is exactly
-4 * n_channels + n_channels * n_values bytes and the zlib stream ends there with no trailing data.
+than 4 * n_channels + n_values + 1 bytes, and rejects the blob unless the output is exactly
+4 * n_channels + n_values bytes and the zlib stream ends there with no trailing data.
 
 
 7. GOP layout (normative)
@@ -180,12 +180,13 @@ For each GOP:
 - n_padded = 4 ceil((n_frames - 1) / 4) + 1. A short last GOP is padded to this length by repeating its last
   frame.
 - LatentFrames( g ) = (n_padded - 1) / 4 + 1.
-- Stills, in display order. t2v has none. In i2v, GOP 0 has 1 still, of frame 0. In flf2v, GOP 0 has 2 stills,
-  of frame 0 and of its last frame first_frame + n_frames - 1, and every later GOP has 1 still, of its last frame.
-  Its first frame is the previous GOP's last still.
-Output: the decoder outputs the first n_frames frames of GOP 0. For each later GOP it outputs frames 1..n_frames-1
-in i2v and flf2v, because frame 0 is the previous GOP's last frame, and frames 0..n_frames-1 in t2v. That is
-exactly `frames` frames.
+- NumStills( g ) and the frames the stills show, in display order. t2v has none. In i2v, GOP 0 has 1 still, of
+  frame 0; a later GOP is conditioned on the decoded last frame of the GOP before it. In flf2v, GOP 0 has 2
+  stills, of frame 0 and of its last frame first_frame + n_frames - 1, and every later GOP has 1 still, of its
+  last frame; its first frame is conditioned on the previous GOP's last still.
+Output: of GOP 0 the decoder outputs all n_frames frames (padding dropped). Of each later GOP it outputs frames
+1..n_frames-1 in i2v and flf2v, because the GOP's frame 0 is the previous GOP's last frame, and all n_frames in
+t2v. That is exactly `frames` frames.
 
 
 8. Limits
@@ -207,7 +208,7 @@ Memory use is linear in the stream length.
     model_len                         1 .. 64
     prompt_len                        0 .. 16384
     still_size                        1 .. 2^24 (16 MiB)
-    residual_size                     1 .. 2^24 (16 MiB); n_channels 1 .. 64, n_channels * n_values <= 2^22
+    residual_size                     1 .. 2^24 (16 MiB); n_channels 1 .. 64, n_values 0 .. 2^22
     gop_size                          0 .. 2^30 (1 GiB)
     g_scale_q                         0 .. 10^6;  shift_q 1 .. 10^6
     fps_num, fps_den                  1 .. 2^32 - 1;  still_quality 0 .. 100 (0 in t2v)
@@ -220,14 +221,16 @@ A decoder reads the header and then NumGops GOPs, in this order. It rejects the 
 outputs nothing, when any of these checks fails:
 - magic is not "GVCC", or version is not 1. Both are checked before anything else.
 - The stream ends before a field it needs.
-- header_crc or a gop_crc does not match. Each is checked before the fields it covers are interpreted.
+- header_crc or a gop_crc does not match. Each is checked before the fields it covers are interpreted, except
+  the lengths needed to find it (model_len and prompt_len, gop_size), which are first checked against their
+  limits and against the bytes present.
 - mode > 2, a reserved bit or a padding bit is not zero, a field is outside its limit (section 8), model is not
   printable ASCII (0x21..0x7E), or prompt is not valid UTF-8.
 - gop_size does not match the GOP's contents, or an index_rank is >= C(K, m).
 - Bytes follow the last GOP.
 - A residual blob breaks section 6 (checked when it is unpacked).
-It then decodes each GOP as method.md and gvcc.py describe. It uses model_fingerprint and generator to refuse
-a stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
+It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
+stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
 
 
 10. Encoder obligations
@@ -268,7 +271,7 @@ MAX_PROMPT_LEN = 16384
 MAX_STILL_SIZE = 1 << 24
 MAX_RESIDUAL_SIZE = 1 << 24
 MAX_RESIDUAL_CHANNELS = 64
-MAX_RESIDUAL_VALUES = 1 << 22            # n_channels * n_values
+MAX_RESIDUAL_VALUES = 1 << 22            # int8 values in one residual blob
 MAX_GOP_SIZE = 1 << 30
 MAX_Q = 10 ** 6                          # g_scale_q, shift_q
 
@@ -501,18 +504,16 @@ def combination_unrank(rank, K, M):
 def _residual_sizes(n_channels, n_values):
     if not isinstance(n_channels, int) or not 1 <= n_channels <= MAX_RESIDUAL_CHANNELS:
         raise BitstreamError(f"residual: {n_channels!r} channels is outside 1..{MAX_RESIDUAL_CHANNELS}")
-    if not isinstance(n_values, int) or not 0 <= n_values * n_channels <= MAX_RESIDUAL_VALUES:
-        raise BitstreamError(f"residual: {n_channels} x {n_values!r} values exceed the limit {MAX_RESIDUAL_VALUES}")
-    return 4 * n_channels + n_channels * n_values
+    if not isinstance(n_values, int) or not 0 <= n_values <= MAX_RESIDUAL_VALUES:
+        raise BitstreamError(f"residual: {n_values!r} values is outside 0..{MAX_RESIDUAL_VALUES}")
+    return 4 * n_channels + n_values
 
 
 def pack_residual(scales, q):
     """zlib(float32 LE scales || int8 values): the residual blob of one GOP (spec section 6)."""
     q = bytes(q)
     n_channels = len(scales)
-    if n_channels == 0 or len(q) % n_channels:
-        raise BitstreamError(f"residual: {len(q)} values do not split into {n_channels} channels")
-    _residual_sizes(n_channels, len(q) // n_channels)
+    _residual_sizes(n_channels, len(q))
     for c, s in enumerate(scales):
         if not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
             raise BitstreamError(f"residual: scale {c} = {s!r} is not a finite non-negative number")
@@ -527,7 +528,7 @@ def pack_residual(scales, q):
 
 
 def unpack_residual(blob, n_channels, n_values):
-    """(scales: list[float], q: bytes of int8) from a residual blob; never inflates past the expected size."""
+    """(scales: list[float], q: n_values bytes of int8) from a residual blob; never inflates past that size."""
     expected = _residual_sizes(n_channels, n_values)
     if not 1 <= len(blob) <= MAX_RESIDUAL_SIZE:
         raise BitstreamError(f"residual: blob is {len(blob)} bytes, outside 1..{MAX_RESIDUAL_SIZE}")
@@ -673,7 +674,7 @@ def write_stream(header, gops):
 
 def _need(data, pos, n, what):
     if len(data) - pos < n:
-        raise BitstreamError(f"truncated stream: {what} needs {n} bytes at offset {pos}, only {len(data) - pos} remain")
+        raise BitstreamError(f"truncated stream: {what} needs {n} bytes at offset {pos}, {len(data) - pos} remain")
 
 
 def _inside(pos, n, end, g, what):
@@ -735,14 +736,17 @@ def read_header(data):
 
 
 def _walk(data, decode_symbols):
-    """Parse a whole stream: (header, header length, list of per-GOP dicts). Every check of section 9 is here."""
+    """Parse a whole stream: (header, header length, list of Gop, per-GOP report rows).
+
+    Every check of section 9 is made here. Ranks are range-checked always, and unranked only when decode_symbols.
+    """
     header, pos = _read_header(data)
     header_bytes = pos
     data = memoryview(data)
     n_gops = num_gops(header)
+    gops, rows = [], []
     # Each GOP is at least 8 bytes: reject a forged frame count before building a long layout.
-    _need(data, pos, GOP_FRAMING_BYTES * n_gops, f"{n_gops} GOPs")
-    gops = []
+    _need(data, pos, GOP_FRAMING_BYTES * n_gops, f"the header's {n_gops} GOP(s)")
     for g, info in enumerate(gop_layout(header)):
         start = pos
         _need(data, pos, 4, f"GOP {g} gop_size")
@@ -796,20 +800,24 @@ def _walk(data, decode_symbols):
         if reader.get(8 * n_bytes - reader.pos):
             raise BitstreamError(f"GOP {g}: padding bits after the codebook are not zero")
         pos = end + 4
-        gops.append(dict(gop=Gop(symbols, stills, residual) if decode_symbols else None, bytes=pos - start,
-                         rank_bits=n_rank, sign_bits=n_sign, codebook_bytes=n_bytes,
+        n_bits = n_rank + n_sign
+        rows.append(dict(index=g, total_bytes=pos - start, codebook_bytes=n_bytes,
                          still_bytes=sum(len(s) for s in stills), residual_bytes=len(residual),
-                         framing_bytes=GOP_FRAMING_BYTES + 4 * info.n_stills + 4 * header.residual,
-                         info=info))
+                         overhead_bytes=GOP_FRAMING_BYTES + 4 * info.n_stills + 4 * header.residual,
+                         codebook_bits=n_bits, rank_bits=n_rank, sign_bits=n_sign, padding_bits=8 * n_bytes - n_bits,
+                         first_frame=info.first_frame, n_frames=info.n_frames,
+                         latent_frames=info.latent_frames, n_stills=info.n_stills))
+        if decode_symbols:
+            gops.append(Gop(symbols, stills, residual))
     if pos != len(data):
         raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last GOP (offset {pos})")
-    return header, header_bytes, gops
+    return header, header_bytes, gops, rows
 
 
 def read_stream(data):
     """(header, list of Gop) from the bytes of a whole stream; BitstreamError on anything section 9 rejects."""
-    header, _, gops = _walk(data, decode_symbols=True)
-    return header, [entry["gop"] for entry in gops]
+    header, _, gops, _ = _walk(data, decode_symbols=True)
+    return header, gops
 
 
 # ==================================================================================================
@@ -820,21 +828,11 @@ def stream_report(data):
     """Where the bytes of a stream go, after checking it completely (ranks are checked, not unranked).
 
     Returns a dict: file_bytes, header_bytes, prompt_bytes (part of header_bytes) and gops, a list with one dict
-    per GOP: bytes (the whole GOP), codebook_bytes, still_bytes, residual_bytes and framing_bytes (gop_size,
-    gop_crc and the still/residual size fields), which add up to bytes; codebook_bits = rank_bits + sign_bits
-    (codebook_bytes holds them plus padding_bits zero bits); first_frame, n_frames, latent_frames, n_stills.
-    header_bytes plus the sum of the GOPs' bytes is file_bytes.
+    per GOP: index; total_bytes (the whole GOP) = codebook_bytes + still_bytes + residual_bytes + overhead_bytes
+    (the framing: gop_size, gop_crc and the still and residual size fields); codebook_bits = rank_bits +
+    sign_bits (codebook_bytes holds them plus padding_bits zero bits); first_frame, n_frames, latent_frames,
+    n_stills. header_bytes plus the sum of the GOPs' total_bytes is file_bytes.
     """
-    header, header_bytes, gops = _walk(data, decode_symbols=False)
-    rows = []
-    for entry in gops:
-        info = entry["info"]
-        bits = entry["rank_bits"] + entry["sign_bits"]
-        rows.append(dict(bytes=entry["bytes"], codebook_bytes=entry["codebook_bytes"],
-                         still_bytes=entry["still_bytes"], residual_bytes=entry["residual_bytes"],
-                         framing_bytes=entry["framing_bytes"], codebook_bits=bits, rank_bits=entry["rank_bits"],
-                         sign_bits=entry["sign_bits"], padding_bits=8 * entry["codebook_bytes"] - bits,
-                         first_frame=info.first_frame, n_frames=info.n_frames,
-                         latent_frames=info.latent_frames, n_stills=info.n_stills))
+    header, header_bytes, _, rows = _walk(data, decode_symbols=False)
     return dict(file_bytes=len(data), header_bytes=header_bytes,
                 prompt_bytes=len(header.prompt.encode("utf-8")), gops=rows)

@@ -56,7 +56,9 @@ Nothing may follow the last GOP.
        4      1   version             u(8)         1
        5      1   mode                u(8)         0 = t2v, 1 = i2v, 2 = flf2v
        6      -   residual            u(1)         1: every GOP carries a tail latent residual (bit 7 of byte 6)
-       6      -   reserved_zero       f(7)         0 (bits 6..0 of byte 6)
+       6      -   precision           u(1)         network precision of the encoder (bit 6 of byte 6): 0 = float32,
+                                                   1 = bfloat16 with float32 islands (see gvcc.py)
+       6      -   reserved_zero       f(6)         0 (bits 5..0 of byte 6)
        7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v
        8      4   model_fingerprint   u(32)        fingerprint of the weight files (computed by gvcc.py)
       12      2   generator           u(16)        codebook generator id, >= 1 (1 = Philox4x32-10 + gvcc
@@ -276,7 +278,7 @@ MAX_GOP_SIZE = 1 << 30
 MAX_Q = 10 ** 6                          # g_scale_q, shift_q
 
 # The 64 bytes after the magic are fixed-width fields: (element, size in bytes), in file order, each u(8*size).
-# Byte 6 ("flags") holds residual u(1) and reserved_zero f(7).
+# Byte 6 ("flags") holds residual u(1), precision u(1) and reserved_zero f(6).
 HEADER_FIELDS = (
     ("version", 1), ("mode", 1), ("flags", 1), ("still_quality", 1),
     ("model_fingerprint", 4), ("generator", 2),
@@ -324,6 +326,7 @@ class Header:
     still_quality: int       # AVIF quality of coded still frames (0 when the mode has none)
     residual: int            # 1: each GOP carries a tail latent residual (I2V)
     prompt: str              # UTF-8 text prompt
+    precision: int = 0       # networks' precision at the encoder: 0 float32, 1 bfloat16 (fp32 islands)
 
 
 @dataclass
@@ -386,6 +389,7 @@ def check_header(h):
     _check_range("seed", h.seed, 0, 0xFFFFFFFF)
     _check_range("still_quality", h.still_quality, 0, 0 if h.mode == "t2v" else 100)
     _check_range("residual", h.residual, 0, 1)
+    _check_range("precision", h.precision, 0, 1)
 
 
 # ==================================================================================================
@@ -604,8 +608,8 @@ def write_header(header):
     model = header.model.encode("ascii")
     prompt = header.prompt.encode("utf-8")
     values = {name: getattr(header, name, None) for name, _ in HEADER_FIELDS}
-    values.update(version=VERSION, mode=MODES.index(header.mode), flags=header.residual << 7,
-                  model_len=len(model), prompt_len=len(prompt))
+    values.update(version=VERSION, mode=MODES.index(header.mode),
+                  flags=header.residual << 7 | header.precision << 6, model_len=len(model), prompt_len=len(prompt))
     out = MAGIC + b"".join(_u(values[name], size) for name, size in HEADER_FIELDS) + model + prompt
     return out + _u(zlib.crc32(out), 4)
 
@@ -714,7 +718,7 @@ def _read_header(data):
         raise BitstreamError(f"header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
     if raw["mode"] >= len(MODES):
         raise BitstreamError(f"header: unknown mode {raw['mode']}")
-    if raw["flags"] & 0x7F:
+    if raw["flags"] & 0x3F:
         raise BitstreamError(f"header: reserved bits are not zero (flags byte {raw['flags']:#04x})")
     model = bytes(data[FIXED_HEADER_BYTES:FIXED_HEADER_BYTES + raw["model_len"]])
     if any(not 0x21 <= ch <= 0x7E for ch in model) or not model:
@@ -725,7 +729,7 @@ def _read_header(data):
         raise BitstreamError("header: prompt is not valid UTF-8") from None
     fields = {name: raw[name] for name in Header.__dataclass_fields__ if name in raw and name != "mode"}
     header = Header(mode=MODES[raw["mode"]], model=model.decode("ascii"), prompt=prompt,
-                    residual=raw["flags"] >> 7, **fields)
+                    residual=raw["flags"] >> 7, precision=(raw["flags"] >> 6) & 1, **fields)
     check_header(header)
     return header, length + 4
 

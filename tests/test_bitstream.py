@@ -107,7 +107,7 @@ TINY_HEADER_BYTES = bytes.fromhex(
     "47564343"      # magic "GVCC"
     "01"            # version 1
     "01"            # mode 1 = i2v
-    "80"            # residual u(1) = 1, reserved_zero f(7)
+    "80"            # residual u(1) = 1, precision u(1) = 0, reserved_zero f(6)
     "32"            # still_quality 50
     "12345678"      # model_fingerprint
     "0001"          # generator 1
@@ -317,6 +317,8 @@ EDGE_HEADERS = [
     dict(mode="flf2v", still_quality=70, frames=97),
     dict(mode="flf2v", still_quality=70, frames=98, residual=1),
     dict(mode="flf2v", still_quality=70, frames=33 * 3),
+    dict(precision=1),
+    dict(mode="i2v", still_quality=60, residual=1, frames=40, M_tail=8, tail_frames=2, precision=1),
 ]
 
 
@@ -529,7 +531,7 @@ def test_corruption_fuzz():
 
 # Forged fields with a valid header_crc: (offset, size, value, expected words in the error).
 FORGED_HEADER_FIELDS = [
-    (5, 1, 3, "unknown mode"), (6, 1, 0x81, "reserved"), (6, 1, 0x01, "reserved"), (7, 1, 101, "still_quality"),
+    (5, 1, 3, "unknown mode"), (6, 1, 0x81, "reserved"), (6, 1, 0x01, "reserved"), (6, 1, 0x20, "reserved"), (7, 1, 101, "still_quality"),
     (12, 2, 0, "generator"), (18, 2, 0xFFFF, "width"), (20, 2, 0, "height"), (22, 2, 0xFFFF, "gop_frames"),
     (24, 4, 0xFFFFFFFF, "frames"), (24, 4, 1 << 18, "truncated"), (36, 2, 0xFFFF, "steps"),
     (38, 2, 3, "tail_steps"), (48, 4, 0xFFFFFFFF, "K"), (52, 2, 0xFFFF, "M"), (54, 2, 0, "M_tail"),

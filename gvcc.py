@@ -622,18 +622,11 @@ def atomic_write(path, data):
             os.remove(tmp)
 
 
-def parse_size(text):
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise GvccError(f"size '{text}' is not WIDTHxHEIGHT") from None
-    if w <= 0 or h <= 0:
-        raise GvccError(f"size '{text}' must be positive")
-    return w, h
-
-
 def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+PRECISIONS = ("fp32", "bf16")          # header field `precision`: index into this tuple
 
 
 def default_precision(device):
@@ -644,17 +637,14 @@ def default_precision(device):
 def codebook_bits(hdr):
     """Bits of the index sets and signs of the whole stream, from the header alone."""
     import bitstream
-    bits = 0
-    for info in bitstream.gop_layout(hdr):
-        for f in range(info.latent_frames):
-            m = bitstream.atoms_for_frame(hdr, f, info.latent_frames)
-            bits += (hdr.steps - hdr.tail_steps) * ((math.comb(hdr.K, m) - 1).bit_length() + m)
-    return bits
+    return sum(sum(bitstream.codebook_bits(hdr, info.latent_frames)) for info in bitstream.gop_layout(hdr))
 
 
 def pick_atoms(hdr, bits_per_source_pixel):
     """The largest M whose codebook bits stay within the target (the paper's rate knob), by bisection."""
     import dataclasses
+
+    import bitstream
     pixels = hdr.src_width * hdr.src_height * hdr.frames
 
     def bpp(m):
@@ -663,7 +653,7 @@ def pick_atoms(hdr, bits_per_source_pixel):
 
     if bpp(1) > bits_per_source_pixel:
         raise GvccError(f"target rate too low: even M = 1 needs {bpp(1):.5f} bpp (lower K or --steps)")
-    lo, hi = 1, hdr.K
+    lo, hi = 1, min(hdr.K, bitstream.MAX_M)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if bpp(mid) <= bits_per_source_pixel else (lo, mid - 1)
@@ -683,30 +673,32 @@ def cmd_encode(args):
     if mode != spec.mode:
         raise GvccError(f"model {spec_name} is a {spec.mode} model; --mode {mode} needs one of "
                         f"{', '.join(n for n, s in MODELS.items() if s.mode == mode)}")
-    video = media.read_video(args.input, size=parse_size(args.yuv_size) if args.yuv_size else None,
-                             fps=args.fps, limited_range=args.limited_range)
-    frames = video.frames[:args.frames] if args.frames else video.frames
+    video = media.read_video(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
+                             fps=args.fps, limited_range=args.limited_range, frames=args.frames)
+    frames = video.frames
     n, src_h, src_w = frames.shape[:3]
-    width, height = parse_size(args.size) if args.size else (src_w, src_h)
+    width, height = media.parse_size(args.size) if args.size else (src_w, src_h)
     if (width, height) != (src_w, src_h):
         frames = media.resize(frames, width, height)
     if mode != "t2v" and n < 2:
         raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
-    if args.gop < 1 or (args.gop - 1) % 4:
-        raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames (33, 17, 9, ...)")
-    if mode != "t2v" and args.gop < 5:
-        raise GvccError(f"--gop {args.gop}: {mode} needs GOPs of at least 5 frames")
+    if args.gop < 5 or (args.gop - 1) % 4:
+        raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
     if not 0 <= args.tail_steps <= args.steps or args.steps < 1:
         raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: need 0 <= tail <= steps, steps >= 1")
     default_m = 64 if width * height <= 1280 * 720 else 80
-    m = args.M or default_m
+    m = args.M if args.M is not None else default_m
     if not 1 <= m <= args.K:
         raise GvccError(f"-M {m} must be between 1 and K = {args.K}")
     tail_frames = 2 if mode == "i2v" else 0
-    m_tail = args.m_tail or (min(max(128, m), max(m, args.K // 2)) if tail_frames else m)
+    if args.m_tail is not None and not tail_frames:
+        raise GvccError("--m-tail applies to i2v only (the atoms of its last 2 latent frames)")
+    m_tail = args.m_tail if args.m_tail is not None else (min(max(128, m), max(m, args.K // 2)) if tail_frames else m)
     if not m <= m_tail <= args.K:
         raise GvccError(f"--m-tail {m_tail} must be between M = {m} and K = {args.K}")
     fps = video.fps
+    device = args.device or default_device()
+    precision = args.precision or default_precision(device)
     hdr = bitstream.Header(
         mode=mode, model=spec_name, model_fingerprint=0, generator=GENERATOR_ID,
         src_width=src_w, src_height=src_h, width=width, height=height, frames=n,
@@ -714,7 +706,8 @@ def cmd_encode(args):
         tail_steps=args.tail_steps, g_scale_q=round(args.g_scale * 1000),
         shift_q=round((args.shift if args.shift is not None else spec.shift) * 1000), K=args.K, M=m,
         M_tail=m_tail, tail_frames=tail_frames, seed=args.seed,
-        still_quality=args.still_quality if mode != "t2v" else 0, residual=int(mode == "i2v"), prompt=args.prompt)
+        still_quality=args.still_quality if mode != "t2v" else 0, residual=int(mode == "i2v"), prompt=args.prompt,
+        precision=PRECISIONS.index(precision))
     if args.bpp is not None or args.kbps is not None:
         target = args.bpp if args.bpp is not None else args.kbps * 1000 * fps.denominator / (
             fps.numerator * src_w * src_h)
@@ -723,10 +716,12 @@ def cmd_encode(args):
         hdr = dataclasses.replace(hdr, M=m, M_tail=m_tail)
         print(f"gvcc: rate target -> M = {m} (codebook alone {got:.5f} bpp"
               f"{'; stills and residual come on top' if mode != 't2v' else ''})", file=sys.stderr)
+    bitstream.check_header(hdr)             # every field within the format's limits before any work
+    if args.recon:
+        media.check_output(args.recon, width, height)
     paths = model_paths(spec, args.weights)
     hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths))
-    device = args.device or default_device()
-    codec = load_codec(spec, args.weights, args.prompt, device, args.precision or default_precision(device))
+    codec = load_codec(spec, args.weights, args.prompt, device, precision)
     layout = bitstream.gop_layout(hdr)
     progress = Progress(len(layout) * hdr.steps, "encode", args.quiet)
     start = time.time()
@@ -760,13 +755,14 @@ def cmd_decode(args):
         raise GvccError(f"{args.input}: codebook generator {hdr.generator} is not supported "
                         f"(this gvcc has generator {GENERATOR_ID})")
     spec = MODELS[hdr.model]
+    media.check_output(args.output, hdr.width, hdr.height)
     paths = model_paths(spec, args.weights)
     fingerprint = model_fingerprint(paths)
     if fingerprint != hdr.model_fingerprint:
         raise GvccError(f"{args.input}: stream was encoded with {hdr.model} weights of fingerprint "
                         f"{hdr.model_fingerprint:08x}, the files in {args.weights} give {fingerprint:08x}")
     device = args.device or default_device()
-    codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or default_precision(device))
+    codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or PRECISIONS[hdr.precision])
     progress = Progress(len(gops) * hdr.steps, "decode", args.quiet)
     _, recon = code_clip(codec, hdr, gops=gops, on_step=progress)
     md5 = media.frames_md5(recon)
@@ -821,7 +817,7 @@ def cmd_info(args):
 def cmd_eval(args):
     import media
     media.eval_main(args.reference, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
-                    size=parse_size(args.yuv_size) if args.yuv_size else None, fps=args.fps,
+                    size=media.parse_size(args.yuv_size) if args.yuv_size else None, fps=args.fps,
                     limited_range=args.limited_range)
 
 
@@ -854,7 +850,7 @@ def build_parser():
 
     def add_input_flags(q):
         q.add_argument("--yuv-size", metavar="WxH", help="frame size of a raw .yuv input (I420, 8-bit)")
-        q.add_argument("--fps", type=Fraction, help="frame rate of a raw .yuv input (e.g. 30000/1001)")
+        q.add_argument("--fps", help="frame rate of a raw .yuv input (e.g. 30000/1001)")
         q.add_argument("--limited-range", action="store_true",
                        help="raw .yuv / .y4m input is limited range (16-235); full range is the default")
 
@@ -863,7 +859,7 @@ def build_parser():
                        help="folder with the weight files (default $GVCC_WEIGHTS or ./weights)")
         q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
         q.add_argument("--precision", choices=("fp32", "bf16"),
-                       help="network precision (default: fp32 on cpu, bf16 on cuda); decode with the encoder's")
+                       help="network precision (default: fp32 on cpu, bf16 on cuda; decode: the encoder's)")
         q.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     e = sub.add_parser("encode", help="video -> GVCC stream")

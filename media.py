@@ -861,8 +861,10 @@ def lpips_unavailable():
     """None when LPIPS can run without a download, else a one-line reason."""
     try:
         import lpips  # noqa: F401
-    except ImportError:
-        return "the lpips package is not installed (pip install lpips)"
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "lpips" or "lpips" in str(exc):
+            return "the lpips package is not installed (pip install lpips)"
+        return f"the lpips package cannot be imported ({exc})"
     import torch
     ckpt = os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_WEIGHTS)
     if not os.path.exists(ckpt):
@@ -1079,7 +1081,7 @@ def stream_rate(bitstream_path, ref_width, ref_height, ref_frames, ref_fps):
             fps = fractions.Fraction(hdr.fps_num, hdr.fps_den)
             basis = "gvcc header: source size, frames and fps"
     out = {"bits": bits, "bpp": bits / (wid * hgt * frames), "width": wid, "height": hgt, "frames": frames,
-           "fps": None if fps is None else f"{fps.numerator}/{fps.denominator}", "basis": basis,
+           "fps": None if fps is None else str(fractions.Fraction(fps)), "basis": basis,
            "kbps": None if fps is None else bits / (frames / float(fps)) / 1000.0}
     return out
 
@@ -1159,7 +1161,7 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=33, frames=None, s
     result = {
         "reference": os.fspath(ref), "decoded": os.fspath(dec),
         "source": {"width": int(src_w), "height": int(src_h), "frames": n_ref,
-                   "fps": None if rate_fps is None else f"{rate_fps.numerator}/{rate_fps.denominator}"},
+                   "fps": None if rate_fps is None else str(rate_fps)},
         "compared_at": {"width": int(ref_frames.shape[2]), "height": int(ref_frames.shape[1])},
         "gop": gop, "conventions": CONVENTIONS,
     }

@@ -417,6 +417,37 @@ def test_lpips_missing_gives_a_clear_message(monkeypatch):
     assert any("LPIPS not computed" in n for n in res["notes"]) and res["sequence"]["lpips"] is None
 
 
+def test_lpips_plumbing_with_a_stand_in_model(tmp_path, monkeypatch):
+    # The real LPIPS needs torchvision's AlexNet weights, which tests never download: a stand-in `lpips` module
+    # checks what media.lpips feeds it ([B, 3, H, W] float in [-1, 1]) and returns mean |a - b| per image.
+    torch = pytest.importorskip("torch")
+    import types
+    seen = []
+
+    class StandIn:
+        def __init__(self, net, version, verbose):
+            assert (net, version) == ("alex", "0.1")
+
+        def eval(self):
+            return self
+
+        def __call__(self, a, b):
+            seen.append((tuple(a.shape), float(a.min()), float(a.max())))
+            return (a - b).abs().mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1)
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=StandIn))
+    monkeypatch.setattr(media, "_LPIPS_MODEL", {})
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / media.ALEXNET_WEIGHTS).write_bytes(b"")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert media.lpips_unavailable() is None
+    a = np.zeros((3, 4, 5, 3), np.uint8)
+    b = np.full((3, 4, 5, 3), 255, np.uint8)
+    assert media.lpips(a, b, batch=2).tolist() == [2.0, 2.0, 2.0]
+    assert seen[0] == ((2, 3, 4, 5), -1.0, -1.0) and seen[1][0] == (1, 3, 4, 5)
+    res = media.evaluate(a, b, gop=2)
+    assert [r["lpips"] for r in res["per_frame"]] == [2.0, 2.0, 2.0] and res["sequence"]["lpips"] == 2.0
+
+
 # ==================================================================================================
 # BD-rate
 # ==================================================================================================

@@ -21,26 +21,30 @@ halve (encoder) or double (decoder) H and W, some of them also time (`time_conv`
 Streaming and the cache (wan.md 2.5)
 ------------------------------------
 The encoder takes frame 0 alone and then 4 frames at a time; the decoder takes one latent frame at a time.
-Between chunks the only state is the cache: a plain dict, keyed by the name of the convolution it feeds
-(e.g. "decoder.upsamples.4.residual.2"), holding the last frames of that convolution's input:
-  * causal 3x3x3 conv and the decoder's `time_conv`: the last 2 frames of its zero-padded input.  The conv
-    runs on cat(cache, chunk); with no cache it gets 2 zero frames instead.
+Between chunks the only state is the cache: a plain dict, keyed by the name of the layer it feeds
+(e.g. "decoder.upsamples.4.residual.2"), holding the last frames of that layer's input:
+  * causal 3x3x3 conv and the decoder's `time_conv`: the last 2 frames of its input, zero frames in front
+    of frame 0 included.  The conv runs on cat(cache, chunk); at the start (no cache) on cat(2 zeros, chunk).
   * encoder `time_conv` (stride 2 in time): the last frame of its input.  The first chunk has no cache and
     passes through unchanged (frame 0 is never merged with anything); later chunks run the conv on
-    cat(cache, chunk), windows (0,1,2), (2,3,4), ...
+    cat(cache, chunk): windows (0,1,2), (2,3,4), ...
   * decoder `time_conv`: the first chunk has no cache, skips the conv (1 latent frame -> 1 frame) and leaves
-    one zero frame as cache, so the next chunk's conv sees zeros where frame 0 was.
-encode_chunk / decode_frame take the cache of the previous chunk and return the next one; they never modify
-what they are given.  Because the cache is bounded (at most 2 frames per conv) the working memory of
-encode and decode does not depend on the number of frames; only the input and the output grow.
+    zero frames as cache, so the next chunk's conv sees zeros where frame 0 was.
+encode_chunk / decode_frame take the previous cache (None for the first chunk) and return the next one.
+The cache passed in is used up: each entry is removed as it is read, so the old and the new cache are never
+both alive (at 480p the decoder's cache is ~4 GB); a used-up cache is refused, never silently restarted.
+Nothing else carries over, and the cache is bounded (at most 2 frames per conv), so the working memory of
+encode and decode does not depend on the number of frames; only the input and the output grow with it.
 
-Where gvcc departs from the upstream code, on purpose, with identical results
---------------------------------------------------------------------------
+Where gvcc departs from the upstream code, on purpose (same results up to float32 rounding)
+-----------------------------------------------------------------------------------------------
 * Upstream keeps a list of cache slots and a running slot counter; gvcc names slots by their conv.
-* Upstream marks the decoder's first `time_conv` chunk with the string "Rep"; gvcc stores a zero frame,
+* Upstream marks the decoder's first `time_conv` chunk with the string "Rep"; gvcc stores zero frames,
   which is exactly what the "Rep" branch computes with.
 * A conv's first cache keeps its zero padding frame (2 frames instead of 1); the next chunk's conv input
   is the same frames either way.
+* Norm and SiLU write straight into the conv's time-padded input buffer, and the 2D resampling runs frame
+  by frame: same values, fewer full-size temporaries.
 * Spatial zero padding is passed to the conv (`padding=`) instead of a separate F.pad: same sums, one
   fewer copy of the largest tensors.
 * The 1x1x1 `conv1` (encoder output) and `conv2` (decoder input) run per chunk instead of once over the
@@ -48,7 +52,7 @@ Where gvcc departs from the upstream code, on purpose, with identical results
 Checked against diffusers' AutoencoderKLWan (itself checked bit-exact against upstream) in tests/test_vae.py.
 
 Precision: the reference path is float32 throughout (upstream runs the VAE in float32); 16-bit files are
-upcast on load.
+upcast on load.  encode/decode compute in the dtype of the weights they are given (tests also use float64).
 """
 from dataclasses import dataclass
 
@@ -514,7 +518,7 @@ def encode(params, cfg, video, tile=None, overlap=64):
     t, hh, ww = video.shape[1:]
     if t % 4 != 1 or hh % 8 or ww % 8:
         raise ValueError(f"encode: need 4k+1 frames and H, W multiples of 8, got T={t}, H={hh}, W={ww}")
-    video = video.float()
+    video = video.to(params["encoder.conv1.weight"].dtype)  # compute in the weights' dtype (float32 reference)
     if tile is None:
         return _encode_stream(params, cfg, video)
     out = video.new_zeros((cfg.z_dim, (t - 1) // 4 + 1, hh // 8, ww // 8))  # [z, F, h, w]
@@ -529,7 +533,7 @@ def decode(params, cfg, latent, tile=None, overlap=64):
     """
     if latent.dim() != 4 or latent.shape[0] != cfg.z_dim or latent.shape[1] < 1:
         raise ValueError(f"decode: latent must be [{cfg.z_dim}, F, h, w], got {list(latent.shape)}")
-    latent = latent.float()
+    latent = latent.to(params["decoder.conv1.weight"].dtype)
     if tile is None:
         return _decode_stream(params, cfg, latent)
     n, h, w = latent.shape[1:]

@@ -82,9 +82,10 @@ def test_sweep_end_to_end_on_tiny_weights(tmp_path, tiny_weights):
     assert gv[1]["bpp"] > gv[0]["bpp"]                             # more atoms, more bits
     x264 = [r for r in rows if r["codec"] == "x264"]
     assert [r["target_bpp"] for r in x264] == sorted(r["bpp"] for r in gv)   # matched rates (as near as it gets)
-    # x265 aborts on 40x24 frames (a libx265 bug): the sweep lists the failures and carries on
-    assert len(failures) == 2 and all(f.startswith("x265") for f in failures)
-    assert len(read_csv(os.path.join(out, "rd.csv"))) == 4
+    # the libx265 in imageio-ffmpeg 0.8.1 aborts on 40x24 frames: the sweep lists such failures and carries on
+    x265 = [r for r in rows if r["codec"] == "x265"]
+    assert all(f.startswith("x265") for f in failures) and len(x265) + len(failures) == 2
+    assert len(read_csv(os.path.join(out, "rd.csv"))) == 4 + len(x265)
     assert {b["codec"] for b in bd_rows} == {"gvcc"}
 
 

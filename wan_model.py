@@ -453,28 +453,34 @@ def dit_param_shapes(cfg):
     }
     for i in range(cfg.num_layers):
         b = f"blocks.{i}."
-        shapes[b + "modulation"] = (1, 6, d)
-        for attn in ("self_attn", "cross_attn"):
-            for proj in ("q", "k", "v", "o"):
-                shapes[f"{b}{attn}.{proj}.weight"] = (d, d)
-                shapes[f"{b}{attn}.{proj}.bias"] = (d,)
-            shapes[f"{b}{attn}.norm_q.weight"] = (d,)
-            shapes[f"{b}{attn}.norm_k.weight"] = (d,)
-            if attn == "self_attn":
-                # norm3 (the affine cross-attention LayerNorm) is registered between the two attentions
-                shapes[b + "norm3.weight"] = (d,)
-                shapes[b + "norm3.bias"] = (d,)
+        shapes.update({
+            b + "modulation": (1, 6, d),
+            b + "self_attn.q.weight": (d, d), b + "self_attn.q.bias": (d,),
+            b + "self_attn.k.weight": (d, d), b + "self_attn.k.bias": (d,),
+            b + "self_attn.v.weight": (d, d), b + "self_attn.v.bias": (d,),
+            b + "self_attn.o.weight": (d, d), b + "self_attn.o.bias": (d,),
+            b + "self_attn.norm_q.weight": (d,),
+            b + "self_attn.norm_k.weight": (d,),
+            # norm3: the affine LayerNorm in front of the cross-attention (norm1, norm2 have no parameters)
+            b + "norm3.weight": (d,), b + "norm3.bias": (d,),
+            b + "cross_attn.q.weight": (d, d), b + "cross_attn.q.bias": (d,),
+            b + "cross_attn.k.weight": (d, d), b + "cross_attn.k.bias": (d,),
+            b + "cross_attn.v.weight": (d, d), b + "cross_attn.v.bias": (d,),
+            b + "cross_attn.o.weight": (d, d), b + "cross_attn.o.bias": (d,),
+            b + "cross_attn.norm_q.weight": (d,),
+            b + "cross_attn.norm_k.weight": (d,),
+        })
         if cfg.model_type in ("i2v", "flf2v"):
-            shapes[b + "cross_attn.k_img.weight"] = (d, d)
-            shapes[b + "cross_attn.k_img.bias"] = (d,)
-            shapes[b + "cross_attn.v_img.weight"] = (d, d)
-            shapes[b + "cross_attn.v_img.bias"] = (d,)
-            shapes[b + "cross_attn.norm_k_img.weight"] = (d,)
-        # nn.Sequential(Linear, GELU(tanh), Linear)
-        shapes[b + "ffn.0.weight"] = (cfg.ffn_dim, d)
-        shapes[b + "ffn.0.bias"] = (cfg.ffn_dim,)
-        shapes[b + "ffn.2.weight"] = (d, cfg.ffn_dim)
-        shapes[b + "ffn.2.bias"] = (d,)
+            shapes.update({
+                b + "cross_attn.k_img.weight": (d, d), b + "cross_attn.k_img.bias": (d,),
+                b + "cross_attn.v_img.weight": (d, d), b + "cross_attn.v_img.bias": (d,),
+                b + "cross_attn.norm_k_img.weight": (d,),
+            })
+        shapes.update({
+            # nn.Sequential(Linear, GELU(tanh), Linear)
+            b + "ffn.0.weight": (cfg.ffn_dim, d), b + "ffn.0.bias": (cfg.ffn_dim,),
+            b + "ffn.2.weight": (d, cfg.ffn_dim), b + "ffn.2.bias": (d,),
+        })
     shapes["head.modulation"] = (1, 2, d)
     shapes["head.head.weight"] = (cfg.out_dim * math.prod(PATCH), d)
     shapes["head.head.bias"] = (cfg.out_dim * math.prod(PATCH),)
@@ -689,17 +695,20 @@ def t5_param_shapes(cfg):
     shapes = {"shared.weight": (cfg.vocab_size, d)}
     for i in range(cfg.num_layers):
         b = f"encoder.block.{i}."
-        # layer.0 = self-attention sub-layer (every UMT5 layer has its own relative-position bias table)
-        for proj in ("q", "k", "v"):
-            shapes[f"{b}layer.0.SelfAttention.{proj}.weight"] = (inner, d)
-        shapes[b + "layer.0.SelfAttention.o.weight"] = (d, inner)
-        shapes[b + "layer.0.SelfAttention.relative_attention_bias.weight"] = (cfg.num_buckets, cfg.num_heads)
-        shapes[b + "layer.0.layer_norm.weight"] = (d,)
-        # layer.1 = gated-GELU FFN sub-layer: wi_0 is the GELU-activated gate, wi_1 the linear branch
-        shapes[b + "layer.1.DenseReluDense.wi_0.weight"] = (cfg.ffn_dim, d)
-        shapes[b + "layer.1.DenseReluDense.wi_1.weight"] = (cfg.ffn_dim, d)
-        shapes[b + "layer.1.DenseReluDense.wo.weight"] = (d, cfg.ffn_dim)
-        shapes[b + "layer.1.layer_norm.weight"] = (d,)
+        shapes.update({
+            # layer.0: self-attention sub-layer (every UMT5 layer has its own relative-position bias table)
+            b + "layer.0.SelfAttention.q.weight": (inner, d),
+            b + "layer.0.SelfAttention.k.weight": (inner, d),
+            b + "layer.0.SelfAttention.v.weight": (inner, d),
+            b + "layer.0.SelfAttention.o.weight": (d, inner),
+            b + "layer.0.SelfAttention.relative_attention_bias.weight": (cfg.num_buckets, cfg.num_heads),
+            b + "layer.0.layer_norm.weight": (d,),
+            # layer.1: gated-GELU FFN sub-layer; wi_0 is the GELU-activated gate, wi_1 the linear branch
+            b + "layer.1.DenseReluDense.wi_0.weight": (cfg.ffn_dim, d),
+            b + "layer.1.DenseReluDense.wi_1.weight": (cfg.ffn_dim, d),
+            b + "layer.1.DenseReluDense.wo.weight": (d, cfg.ffn_dim),
+            b + "layer.1.layer_norm.weight": (d,),
+        })
     shapes["encoder.final_layer_norm.weight"] = (d,)
     return shapes
 
@@ -848,17 +857,16 @@ def clip_param_shapes(cfg):
     }
     for i in range(cfg.num_layers):
         b = f"{v}encoder.layers.{i}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            shapes[f"{b}self_attn.{proj}.weight"] = (d, d)
-            shapes[f"{b}self_attn.{proj}.bias"] = (d,)
-        shapes[b + "layer_norm1.weight"] = (d,)
-        shapes[b + "layer_norm1.bias"] = (d,)
-        shapes[b + "mlp.fc1.weight"] = (cfg.ffn_dim, d)
-        shapes[b + "mlp.fc1.bias"] = (cfg.ffn_dim,)
-        shapes[b + "mlp.fc2.weight"] = (d, cfg.ffn_dim)
-        shapes[b + "mlp.fc2.bias"] = (d,)
-        shapes[b + "layer_norm2.weight"] = (d,)
-        shapes[b + "layer_norm2.bias"] = (d,)
+        shapes.update({
+            b + "self_attn.k_proj.weight": (d, d), b + "self_attn.k_proj.bias": (d,),
+            b + "self_attn.v_proj.weight": (d, d), b + "self_attn.v_proj.bias": (d,),
+            b + "self_attn.q_proj.weight": (d, d), b + "self_attn.q_proj.bias": (d,),
+            b + "self_attn.out_proj.weight": (d, d), b + "self_attn.out_proj.bias": (d,),
+            b + "layer_norm1.weight": (d,), b + "layer_norm1.bias": (d,),
+            b + "mlp.fc1.weight": (cfg.ffn_dim, d), b + "mlp.fc1.bias": (cfg.ffn_dim,),
+            b + "mlp.fc2.weight": (d, cfg.ffn_dim), b + "mlp.fc2.bias": (d,),
+            b + "layer_norm2.weight": (d,), b + "layer_norm2.bias": (d,),
+        })
     shapes[v + "post_layernorm.weight"] = (d,)
     shapes[v + "post_layernorm.bias"] = (d,)
     shapes["visual_projection.weight"] = (cfg.proj_dim, d)

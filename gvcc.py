@@ -414,7 +414,7 @@ def load_codec(spec, weights_dir, prompt, device, precision):
     paths = model_paths(spec, weights_dir)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     t5_cfg = wan_model.T5_CONFIGS[spec.t5]
-    t5, tokenizer = wan_model.load_t5(paths["t5"], t5_cfg, dtype=dtype if dtype != torch.float16 else torch.float32)
+    t5, tokenizer = wan_model.load_t5(paths["t5"], t5_cfg, dtype=dtype)
     t5 = {k: v.to(device) for k, v in t5.items()}
     context = wan_model.encode_text(t5, t5_cfg, tokenizer, prompt).to(device)
     del t5

@@ -38,6 +38,34 @@ Pipeline (one GOP, T2V)
             x = x - u dt
     pixels_hat = VAE decode(de-normalise(x)), clamped to [-1, 1]
 
+Modes
+-----
+    t2v    Text prompt only (default empty, carried in the header). GOPs do not overlap; each starts from the
+           same x_T. Only codebook symbols are sent.
+    i2v    Wan2.1 I2V. GOP g covers source frames [32g, 32g+32] (for 33-frame GOPs) and is conditioned on its
+           frame 0: in GOP 0 the first source frame as decoded from an AVIF still sent in the stream, in later
+           GOPs the previous GOP's decoded last frame (closed loop: the encoder conditions on exactly what the
+           decoder will have). Conditioning: CLIP features of the reference and
+               y [20, F, h, w] = concat(mask [4, F, h, w], VAE(reference, zero frames) [16, F, h, w])
+           with the mask 1 on pixel frame 0 (repeated 4x, so it fills latent frame 0). The DiT sees
+           concat(x, y) [36, F, h, w]. The last 2 latent frames get M_tail atoms (128 by default). After
+           sampling, the residual of the last latent frame, x0[:, F-1] - x[:, F-1], is quantised per channel to
+           8 bits (q = round(127 r / max|r_c|)), zlib-compressed and sent; both sides add q max|r_c| / 127
+           before VAE decoding. The output keeps the shared frame once.
+    flf2v  Wan2.1 FLF2V. Same GOP grid; GOP g is conditioned on its first and last frames, both decoded AVIF
+           stills, and the boundary still is shared by the two GOPs that touch it (N GOPs send N+1 stills).
+           y as above from VAE(first, zero frames, last), mask 1 on the first and last pixel frames; CLIP
+           features of both frames.
+The short last GOP of a clip is padded by repeating its last frame up to the next 4k+1 frames, and the decoder
+drops the padding; width and height are padded (replicate) to multiples of 16 and cropped back.
+
+Precision
+---------
+The reference path is float32 everywhere (`--precision fp32`, the default on a CPU). On a GPU the default is
+bf16 for the DiT, text and image encoders, with upstream's float32 islands (time embedding, modulation, norms,
+head, residual stream); the VAE, the sampler arithmetic and the codebook always run in float32. The encoder's
+precision is recorded in the stream and the decoder uses it.
+
 Normative parts (what a port must reproduce exactly)
 ----------------------------------------------------
 1. The portable generator (section "Portable generator"): Philox4x32-10 and the Gaussian transform below. Every

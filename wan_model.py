@@ -15,7 +15,8 @@ plus a frozen config. There is no nn.Module and no hidden state. Reading order:
 Shape letters used in the comments:
     C channels, F latent frames, H W latent height and width, Hp Wp patch grid (H/2, W/2)
     L video tokens (F*Hp*Wp), D model width, N heads, E head width (D/N), P RoPE pairs (E/2)
-    Lt text tokens, Lc context tokens (image tokens + text_len), Li image tokens, Dt text width, Dc CLIP width
+    Lt text tokens (Lt' = text_len after padding), Lc context tokens (Li + text_len), Li image tokens,
+    Dt text width, Dc CLIP width
     Dff FFN width, V vocabulary, n_img CLIP images
 
 Precision policy. The parameters' dtype is the compute dtype of the big matrix products. float32 params give
@@ -539,14 +540,14 @@ def dit_time_embedding(params, cfg, t, device):
 
 
 def dit_text_embedding(params, cfg, context):
-    """Text features [Lt, Dt] -> [text_len, D]: zero-pad to text_len rows first, then the MLP.
+    """Text features [Lt, Dt] -> [Lt' = text_len, D]: zero-pad to text_len rows first, then the MLP.
 
     Padded rows become MLP(0), which is not zero, and cross-attention does not mask them (as upstream).
     """
     p = params
-    ctx = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[0]))                           # [text_len, Dt]
-    ctx = gelu_tanh(linear(ctx, p["text_embedding.0.weight"], p["text_embedding.0.bias"]))     # [text_len, D]
-    return linear(ctx, p["text_embedding.2.weight"], p["text_embedding.2.bias"])               # [text_len, D]
+    ctx = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[0]))                           # [Lt', Dt]
+    ctx = gelu_tanh(linear(ctx, p["text_embedding.0.weight"], p["text_embedding.0.bias"]))     # [Lt', D]
+    return linear(ctx, p["text_embedding.2.weight"], p["text_embedding.2.bias"])               # [Lt', D]
 
 
 def dit_image_embedding(params, cfg, clip_fea):
@@ -588,9 +589,9 @@ def dit_cross_attention(params, pre, cfg, x, ctx):
     q = rms_norm(linear(x, p[pre + "q.weight"], p[pre + "q.bias"]), p[pre + "norm_q.weight"], cfg.eps)   # [L, D]
     q = split_heads(q, n).to(dt)                                                                         # [N, L, E]
     n_img = ctx.shape[0] - cfg.text_len
-    img, txt = ctx[:n_img], ctx[n_img:]                                                   # [Li, D], [text_len, D]
-    k = rms_norm(linear(txt, p[pre + "k.weight"], p[pre + "k.bias"]), p[pre + "norm_k.weight"], cfg.eps)  # [text_len, D]
-    v = linear(txt, p[pre + "v.weight"], p[pre + "v.bias"])                                              # [text_len, D]
+    img, txt = ctx[:n_img], ctx[n_img:]                                            # [Li, D], [Lt', D]
+    k = rms_norm(linear(txt, p[pre + "k.weight"], p[pre + "k.bias"]), p[pre + "norm_k.weight"], cfg.eps)  # [Lt', D]
+    v = linear(txt, p[pre + "v.weight"], p[pre + "v.bias"])                                              # [Lt', D]
     out = attention(q, split_heads(k, n).to(dt), split_heads(v, n).to(dt))                               # [L, D]
     if n_img > 0:
         k_img = rms_norm(linear(img, p[pre + "k_img.weight"], p[pre + "k_img.bias"]),
@@ -649,7 +650,7 @@ def dit_forward(params, cfg, x, t, context, y=None, clip_fea=None):
     x = x.flatten(1).T.float()                                                                 # [L, D] float32 residual
 
     e, e0 = dit_time_embedding(p, cfg, t, device)                                              # [D], [6, D]
-    ctx = dit_text_embedding(p, cfg, context.to(device))                                       # [text_len, D]
+    ctx = dit_text_embedding(p, cfg, context.to(device))                                       # [Lt', D]
     if cfg.model_type in ("i2v", "flf2v"):
         ctx = torch.cat([dit_image_embedding(p, cfg, clip_fea.to(device)).to(ctx.dtype), ctx])  # [Lc, D]
     cos, sin = (a.to(device) for a in rope_tables(grid, cfg.dim // cfg.num_heads))            # [L, P] each
@@ -660,8 +661,8 @@ def dit_forward(params, cfg, x, t, context, y=None, clip_fea=None):
 
     # unpatchify: each token's 64 outputs are (pt=1, ph=2, pw=2, c=16) with c fastest
     f, hp, wp = grid
-    x = x.reshape(f, hp, wp, PATCH[0], PATCH[1], PATCH[2], cfg.out_dim)                        # [F, Hp, Wp, 1, 2, 2, 16]
-    x = x.permute(6, 0, 3, 1, 4, 2, 5)                                                         # [16, F, 1, Hp, 2, Wp, 2]
+    x = x.reshape(f, hp, wp, PATCH[0], PATCH[1], PATCH[2], cfg.out_dim)                # [F, Hp, Wp, 1, 2, 2, 16]
+    x = x.permute(6, 0, 3, 1, 4, 2, 5)                                                 # [16, F, 1, Hp, 2, Wp, 2]
     return x.reshape(cfg.out_dim, f * PATCH[0], hp * PATCH[1], wp * PATCH[2]).float()         # [16, F, H, W]
 
 
@@ -738,7 +739,8 @@ def load_t5(path, cfg, dtype=torch.float32, spiece_path=None):
             model_proto = fh.read()
     elif blob is not None:
         if blob.dtype != torch.uint8 or blob.dim() != 1:
-            raise WeightsError(f"{path}: key 'spiece_model' must be 1-D uint8 bytes, got {blob.dtype} {list(blob.shape)}")
+            raise WeightsError(f"{path}: key 'spiece_model' must be 1-D uint8 bytes, "
+                               f"got {blob.dtype} {list(blob.shape)}")
         model_proto = blob.numpy().tobytes()
     else:
         raise WeightsError(f"{path}: no 'spiece_model' tensor in the file and no spiece.model given")

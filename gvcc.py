@@ -844,7 +844,10 @@ def cmd_info(args):
 
 def cmd_eval(args):
     import media
-    media.eval_main(args.reference, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
+    gop = args.gop
+    if gop is None:     # per-GOP means over the stream's own GOPs when we have it
+        gop = read_stream_file(args.bitstream)[1][0].gop_frames if args.bitstream else 33
+    media.eval_main(args.reference, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=gop,
                     size=media.parse_size(args.yuv_size) if args.yuv_size else None, fps=args.fps,
                     limited_range=args.limited_range)
 
@@ -929,7 +932,7 @@ def build_parser():
     v.add_argument("decoded")
     v.add_argument("--bitstream", help="the stream, for the rate")
     v.add_argument("--json", help="also write the results as JSON")
-    v.add_argument("--gop", type=int, default=33, help="frames per GOP for per-GOP means (default 33)")
+    v.add_argument("--gop", type=int, help="frames per GOP for per-GOP means (default: the stream's, else 33)")
     add_input_flags(v)
 
     t = sub.add_parser("make-tiny", help="write tiny random-weight models (real key layout) to a folder")

@@ -123,3 +123,14 @@ def test_other_weights_are_refused_by_fingerprint(encoded, tmp_path):
     save_file(w, path)
     res = gvcc_cli("decode", encoded[0], str(tmp_path / "o.y4m"), "--weights", other, check=False)
     assert res.returncode == 1 and "fingerprint" in res.stderr
+
+
+def test_eval_reports_quality_and_rate_per_stream_gop(clip, encoded, tmp_path):
+    import json
+    stream, recon = encoded
+    report = str(tmp_path / "eval.json")
+    out = gvcc_cli("eval", clip, recon, "--bitstream", stream, "--json", report).stdout
+    assert "psnr" in out and "bpp" in out
+    result = json.load(open(report))
+    assert len(result["per_frame"]) == 10 and len(result["per_gop"]) == 2      # the stream's GOPs of 9
+    assert abs(result["rate"]["bits"] - 8 * os.path.getsize(stream)) == 0

@@ -579,7 +579,10 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
             stills = [media.encode_still(frames[i], hdr.still_quality) for i in wanted]
         else:
             stills = gops[g].stills
-        decoded = [pad_frames(media.decode_still(b)[None], 1, ph, pw)[0] for b in stills]   # [H, W, 3] each
+        decoded = [media.decode_still(b) for b in stills]                                 # [height, width, 3]
+        if any(d.shape != (height, width, 3) for d in decoded):
+            raise GvccError(f"GOP {g}: a still frame is not {width}x{height}, the stream's working size")
+        decoded = [pad_frames(d[None], 1, ph, pw)[0] for d in decoded]                     # [H, W, 3] each
 
         y = clip_fea = None
         if hdr.mode == "i2v":
@@ -783,6 +786,8 @@ def cmd_decode(args):
         raise GvccError(f"{args.input}: codebook generator {hdr.generator} is not supported "
                         f"(this gvcc has generator {GENERATOR_ID})")
     spec = MODELS[hdr.model]
+    if spec.mode != hdr.mode:
+        raise GvccError(f"{args.input}: {hdr.mode} stream names model {hdr.model}, which is a {spec.mode} model")
     media.check_output(args.output, hdr.width, hdr.height)
     paths = model_paths(spec, args.weights)
     fingerprint = model_fingerprint(paths)

@@ -8,7 +8,8 @@ UMT5: UMT5-XXL dims (4096 wide, 64 heads, FFN 10240, vocabulary 256384) with few
 tokens in both (same work), and a 120-token prompt the way each pipeline runs it (gvcc: the 120 tokens;
 transformers / upstream: padded to 512 with a mask).
 Both implementations share the same weight tensors (loaded with assign=True), run alternately in one process,
-and report the best of --repeats timed runs after one warm-up each. Memory is the peak resident-set growth
+and report the best of --repeats timed runs after one warm-up each (wall time, and process CPU time, which
+other jobs on a shared machine disturb less). Memory is the peak resident-set growth
 during one forward (VmHWM reset through /proc/self/clear_refs before the call), i.e. activations and workspace,
 not weights; the script re-executes itself with glibc's mmap threshold at 64 KiB so freed blocks leave the RSS.
 """
@@ -31,20 +32,33 @@ def rss_kib(field):
         return int(re.search(rf"{field}:\s+(\d+)", fh.read()).group(1))
 
 
-def measure(fn, repeats):
-    """(best seconds, peak RSS growth in MiB over the pre-call RSS, output)."""
-    best, peak, out = float("inf"), 0, None
+def measure(fn):
+    """(wall seconds, process CPU seconds, peak RSS growth in MiB over the pre-call RSS, output) of one call."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")                           # reset VmHWM to the current RSS
+    before = rss_kib("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, (rss_kib("VmHWM") - before) / 1024, out
+
+
+def compare(label, impls, repeats, rows):
+    """Run the implementations alternately (so neither gets a quieter machine), keep each one's best."""
+    best = {name: [float("inf"), float("inf"), 0.0, None] for name in impls}
+    for fn in impls.values():
+        measure(fn)                             # warm-up: one-time kernel and thread-pool setup
     for _ in range(repeats):
-        out = None
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")                       # reset VmHWM to the current RSS
-        before = rss_kib("VmRSS")
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = fn()
-        best = min(best, time.perf_counter() - t0)
-        peak = max(peak, (rss_kib("VmHWM") - before) / 1024)
-    return best, peak, out
+        for name, fn in impls.items():
+            wall, cpu, mem, out = measure(fn)
+            b = best[name]
+            best[name] = [min(b[0], wall), min(b[1], cpu), max(b[2], mem), out]
+    (gname, g), (rname, r) = best.items()
+    rows.append((label, gname, *g[:3]))
+    rows.append((label, rname, *r[:3]))
+    rows.append((label, "ratio gvcc/ref", g[0] / r[0], g[1] / r[1], g[2] / max(r[2], 1e-9)))
+    return rel_err(g[3], r[3])
 
 
 def rel_err(a, b):
@@ -79,18 +93,8 @@ def bench_dit(args, rows):
         return model(hidden_states=x[None], timestep=torch.tensor([999.0]), encoder_hidden_states=padded[None],
                      return_dict=False)[0][0]
 
-    results = {"gvcc": [float("inf"), 0, None], "diffusers": [float("inf"), 0, None]}
-    measure(run_gvcc, 1), measure(run_diffusers, 1)      # warm-up: one-time kernel and thread-pool setup
-    for _ in range(args.repeats):               # alternate, so neither side gets a warmer machine
-        for name, fn in (("gvcc", run_gvcc), ("diffusers", run_diffusers)):
-            t, m, out = measure(fn, 1)
-            results[name] = [min(results[name][0], t), max(results[name][1], m), out]
-    err = rel_err(results["gvcc"][2], results["diffusers"][2])
     label = f"DiT 1.3B dims, {cfg.num_layers} layers, {tokens} tokens"
-    rows.append((label, "gvcc", *results["gvcc"][:2]))
-    rows.append((label, "diffusers", *results["diffusers"][:2]))
-    rows.append((label, "ratio gvcc/ref", results["gvcc"][0] / results["diffusers"][0],
-                 results["gvcc"][1] / max(results["diffusers"][1], 1e-9)))
+    err = compare(label, {"gvcc": run_gvcc, "diffusers": run_diffusers}, args.repeats, rows)
     print(f"{label}: outputs agree to rel err {err:.1e}", file=sys.stderr)
 
 
@@ -125,18 +129,8 @@ def bench_t5(args, rows):
          lambda: model(input_ids=padded[None], attention_mask=mask[None]).last_hidden_state[0, :120]),
     ]
     for label, run_gvcc, run_ref in cases:
-        results = {"gvcc": [float("inf"), 0, None], "ref": [float("inf"), 0, None]}
-        measure(run_gvcc, 1), measure(run_ref, 1)        # warm-up
-        for _ in range(args.repeats):
-            for name, fn in (("gvcc", run_gvcc), ("ref", run_ref)):
-                t, m, out = measure(fn, 1)
-                results[name] = [min(results[name][0], t), max(results[name][1], m), out]
-        err = rel_err(results["gvcc"][2], results["ref"][2])
+        err = compare(label, {"gvcc": run_gvcc, "transformers": run_ref}, args.repeats, rows)
         print(f"{label}: outputs agree to rel err {err:.1e} (transformers attention: {attn_impl})", file=sys.stderr)
-        rows.append((label, "gvcc", *results["gvcc"][:2]))
-        rows.append((label, "transformers", *results["ref"][:2]))
-        rows.append((label, "ratio gvcc/ref", results["gvcc"][0] / results["ref"][0],
-                     results["gvcc"][1] / max(results["ref"][1], 1e-9)))
 
 
 def main():
@@ -160,13 +154,13 @@ def main():
     if not args.skip_t5:
         bench_t5(args, rows)
     width = max(len(r[0]) for r in rows)
-    print(f"| {'case':<{width}} | {'impl':<14} | {'time s':>8} | {'peak MiB':>9} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 16}|{'-' * 10}|{'-' * 11}|")
-    for label, impl, t, m in rows:
+    print(f"| {'case':<{width}} | {'impl':<14} | {'wall s':>8} | {'CPU s':>8} | {'peak MiB':>9} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 16}|{'-' * 10}|{'-' * 10}|{'-' * 11}|")
+    for label, impl, wall, cpu, mem in rows:
         if impl.startswith("ratio"):
-            print(f"| {label:<{width}} | {impl:<14} | {t:>7.2f}x | {m:>8.2f}x |")
+            print(f"| {label:<{width}} | {impl:<14} | {wall:>7.2f}x | {cpu:>7.2f}x | {mem:>8.2f}x |")
         else:
-            print(f"| {label:<{width}} | {impl:<14} | {t:>8.2f} | {m:>9.0f} |")
+            print(f"| {label:<{width}} | {impl:<14} | {wall:>8.2f} | {cpu:>8.2f} | {mem:>9.0f} |")
 
 
 if __name__ == "__main__":

@@ -389,8 +389,8 @@ def test_one_frame_clip_is_refused(tiny_weights, tmp_path, mode):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--mode", "i2v", "--model", "tiny-t2v"], ["tiny-t2v is a t2v model", "tiny-i2v"]),
-    (["--mode", "flf2v", "--model", "tiny-i2v"], ["tiny-i2v is a i2v model", "tiny-flf2v"]),
+    (["--mode", "i2v", "--model", "tiny-t2v"], ["tiny-t2v", "t2v model", "--mode i2v", "tiny-i2v"]),
+    (["--mode", "flf2v", "--model", "tiny-i2v"], ["tiny-i2v", "i2v model", "--mode flf2v", "tiny-flf2v"]),
 ])
 def test_mode_model_mismatch_is_refused(clip, tiny_weights, tmp_path, args, words):
     out = str(tmp_path / "o.gvcc")

@@ -99,8 +99,9 @@ def measure(impl, op, t, h, w):
     if res.returncode != 0:
         sys.exit(f"bench_vae: {impl} {op} {t}x{h}x{w} failed:\n{res.stderr[-3000:]}")
     row = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"  {impl:9s} {op:6s} {t:3d}x{h}x{w}: {row['seconds']:7.1f} s (cpu {row['cpu_s']:7.1f} s)  peak {row['peak_gib']:5.2f} GiB"
-          f"  work {row['work_gib']:5.2f} GiB  load {row['load']:.1f}", file=sys.stderr, flush=True)
+    print(f"  {impl:9s} {op:6s} {t:3d}x{h}x{w}: {row['seconds']:7.1f} s (cpu {row['cpu_s']:7.1f} s)"
+          f"  peak {row['peak_gib']:5.2f} GiB  work {row['work_gib']:5.2f} GiB  load {row['load']:.1f}",
+          file=sys.stderr, flush=True)
     return row
 
 
@@ -129,7 +130,8 @@ def main():
     scan = []
     for n in [int(s) for s in args.scan.split(",") if s]:
         for op in ("encode", "decode"):
-            same = [r for r in rows if r["impl"] == "gvcc" and r["op"] == op and (r["frames"], r["height"], r["width"]) == (n, sh, sw)]
+            key = ("gvcc", op, n, sh, sw)
+            same = [r for r in rows if (r["impl"], r["op"], r["frames"], r["height"], r["width"]) == key]
             scan.append(same[0] if same else measure("gvcc", op, n, sh, sw))
 
     print(f"\n### gvcc vs diffusers AutoencoderKLWan, {t} frames {w}x{h}, float32, {os.cpu_count()} CPU threads\n")

@@ -241,11 +241,17 @@ def closed_norm_silu(x, gamma):
     return F.silu(x / x.norm(dim=0, keepdim=True).clamp_min(1e-12) * x.shape[0] ** 0.5 * gamma)
 
 
+def closed_norm_conv(p, x, norm, conv):
+    """silu(rms_norm(x)) then the causal conv, over the whole sequence (norm, conv: key prefixes)."""
+    return closed_conv(closed_norm_silu(x, p[norm + ".gamma"]), p[conv + ".weight"], p[conv + ".bias"])
+
+
 def closed_res(p, P, x):
-    h = F.conv3d(x[None], p[P + ".shortcut.weight"], p[P + ".shortcut.bias"])[0] if P + ".shortcut.weight" in p else x
-    y = closed_conv(closed_norm_silu(x, p[P + ".residual.0.gamma"]), p[P + ".residual.2.weight"], p[P + ".residual.2.bias"])
-    y = closed_conv(closed_norm_silu(y, p[P + ".residual.3.gamma"]), p[P + ".residual.6.weight"], p[P + ".residual.6.bias"])
-    return y + h
+    h = x
+    if P + ".shortcut.weight" in p:
+        h = F.conv3d(x[None], p[P + ".shortcut.weight"], p[P + ".shortcut.bias"])[0]
+    y = closed_norm_conv(p, x, P + ".residual.0", P + ".residual.2")
+    return closed_norm_conv(p, y, P + ".residual.3", P + ".residual.6") + h
 
 
 def closed_block(p, kind, P, x):
@@ -273,7 +279,7 @@ def closed_encode(p, cfg, video):
     x = closed_conv(video, p["encoder.conv1.weight"], p["encoder.conv1.bias"])
     for kind, P, _, _ in vae.encoder_plan(cfg):
         x = closed_block(p, kind, P, x)
-    x = closed_conv(closed_norm_silu(x, p["encoder.head.0.gamma"]), p["encoder.head.2.weight"], p["encoder.head.2.bias"])
+    x = closed_norm_conv(p, x, "encoder.head.0", "encoder.head.2")
     x = F.conv3d(x[None], p["conv1.weight"], p["conv1.bias"])[0]
     return vae.normalize_latent(x[:cfg.z_dim])
 
@@ -283,7 +289,7 @@ def closed_decode(p, cfg, z):
     x = closed_conv(x, p["decoder.conv1.weight"], p["decoder.conv1.bias"])
     for kind, P, _, _ in vae.decoder_plan(cfg):
         x = closed_block(p, kind, P, x)
-    x = closed_conv(closed_norm_silu(x, p["decoder.head.0.gamma"]), p["decoder.head.2.weight"], p["decoder.head.2.bias"])
+    x = closed_norm_conv(p, x, "decoder.head.0", "decoder.head.2")
     return x.clamp(-1, 1)
 
 

@@ -801,37 +801,49 @@ def t5_position_buckets(length, cfg, device="cpu"):
     return bucket + torch.where(rel < exact, rel, large)                     # [Lt, Lt]
 
 
+def t5_self_attention(params, pre, cfg, x, bucket, key_bias):
+    """Self-attention sub-layer of block `pre` ('encoder.block.{i}.'): x [Lt, D] -> [Lt, D] (before the residual).
+
+    Logits are q.k without 1/sqrt(E) scaling, plus this layer's relative-position bias and the key mask.
+    """
+    p, att = params, pre + "layer.0.SelfAttention."
+    bias = p[att + "relative_attention_bias.weight"].float().T[:, bucket]                # [N, Lt, Lt]
+    if key_bias is not None:
+        bias = bias + key_bias                                                           # [N, Lt, Lt]
+    h = t5_rms_norm(x, p[pre + "layer.0.layer_norm.weight"], cfg.eps)                    # [Lt, D]
+    q = split_heads(linear(h, p[att + "q.weight"]), cfg.num_heads)                       # [N, Lt, E]
+    k = split_heads(linear(h, p[att + "k.weight"]), cfg.num_heads)                       # [N, Lt, E]
+    v = split_heads(linear(h, p[att + "v.weight"]), cfg.num_heads)                       # [N, Lt, E]
+    a = attention(q, k, v, mask=bias.to(q.dtype), scale=1.0)                             # [Lt, N*E]
+    return linear(a, p[att + "o.weight"])                                                # [Lt, D]
+
+
+def t5_ffn(params, pre, cfg, x):
+    """Gated-GELU FFN sub-layer of block `pre`: x [Lt, D] -> [Lt, D]; wo( GELU_tanh(wi_0 h) * wi_1 h )."""
+    p, ffn = params, pre + "layer.1.DenseReluDense."
+    h = t5_rms_norm(x, p[pre + "layer.1.layer_norm.weight"], cfg.eps)                    # [Lt, D]
+    h = gelu_tanh(linear(h, p[ffn + "wi_0.weight"])) * linear(h, p[ffn + "wi_1.weight"])  # [Lt, Dff]
+    return linear(h, p[ffn + "wo.weight"])                                               # [Lt, D]
+
+
 def t5_forward(params, cfg, ids, mask=None):
     """UMT5 encoder: token ids [Lt] (int64) -> hidden states [Lt, D] float32.
 
     `mask` [Lt] bool marks real tokens; padded keys are excluded from attention (padded rows' outputs are
-    meaningless). Attention logits are q.k without 1/sqrt(E) scaling, plus the layer's relative-position bias.
+    meaningless). Token embeddings are not scaled by sqrt(D).
     """
     p = params
     emb = p["shared.weight"]
-    n, length = cfg.num_heads, ids.shape[0]
-    x = emb[ids.to(emb.device)]                                                              # [Lt, D], no sqrt(D) scale
-    bucket = t5_position_buckets(length, cfg, emb.device)                                    # [Lt, Lt]
+    x = emb[ids.to(emb.device)]                                                          # [Lt, D]
+    bucket = t5_position_buckets(ids.shape[0], cfg, emb.device)                          # [Lt, Lt]
     key_bias = None
     if mask is not None:
-        key_bias = torch.zeros(length, device=emb.device).masked_fill(~mask.to(emb.device), float("-inf"))  # [Lt]
+        key_bias = torch.zeros(ids.shape[0], device=emb.device).masked_fill(~mask.to(emb.device), float("-inf"))
     for i in range(cfg.num_layers):
         b = f"encoder.block.{i}."
-        att = b + "layer.0.SelfAttention."
-        bias = p[att + "relative_attention_bias.weight"].float().T[:, bucket]                # [N, Lt, Lt]
-        if key_bias is not None:
-            bias = bias + key_bias                                                           # [N, Lt, Lt]
-        h = t5_rms_norm(x, p[b + "layer.0.layer_norm.weight"], cfg.eps)                      # [Lt, D]
-        q = split_heads(linear(h, p[att + "q.weight"]), n)                                   # [N, Lt, E]
-        k = split_heads(linear(h, p[att + "k.weight"]), n)                                   # [N, Lt, E]
-        v = split_heads(linear(h, p[att + "v.weight"]), n)                                   # [N, Lt, E]
-        a = attention(q, k, v, mask=bias.to(q.dtype), scale=1.0)                             # [Lt, N*E]
-        x = x + linear(a, p[att + "o.weight"])                                               # [Lt, D]
-        ffn = b + "layer.1.DenseReluDense."
-        h = t5_rms_norm(x, p[b + "layer.1.layer_norm.weight"], cfg.eps)                      # [Lt, D]
-        h = gelu_tanh(linear(h, p[ffn + "wi_0.weight"])) * linear(h, p[ffn + "wi_1.weight"])  # [Lt, Dff]
-        x = x + linear(h, p[ffn + "wo.weight"])                                              # [Lt, D]
-    return t5_rms_norm(x, p["encoder.final_layer_norm.weight"], cfg.eps).float()             # [Lt, D]
+        x = x + t5_self_attention(p, b, cfg, x, bucket, key_bias)                         # [Lt, D]
+        x = x + t5_ffn(p, b, cfg, x)                                                      # [Lt, D]
+    return t5_rms_norm(x, p["encoder.final_layer_norm.weight"], cfg.eps).float()         # [Lt, D]
 
 
 def encode_text(params, cfg, tokenizer, prompt):

@@ -25,8 +25,8 @@ EXPECTED_FILES = {
 
 
 def run(*args, env=None, cwd=None):
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("GVCC_WEIGHTS", None)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("GVCC_WEIGHTS", "GVCC_FETCH_TABLE")}
+    full_env.update(env or {})
     return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=full_env, cwd=cwd)
 
 
@@ -78,8 +78,8 @@ def test_aliases_and_bad_arguments():
 def test_default_model_and_dir(tmp_path):
     out = run("--dry-run", cwd=str(tmp_path))
     assert out.returncode == 0 and out.stdout.startswith("model t2v-1.3B -> weights")
-    out = run("--dry-run", env={"GVCC_WEIGHTS": "/some/dir"})     # run() drops it: the default is ./weights
-    assert "-> weights" in out.stdout
+    out = run("--dry-run", env={"GVCC_WEIGHTS": "/some/dir"})     # the same default as gvcc.py --weights
+    assert out.stdout.startswith("model t2v-1.3B -> /some/dir")
 
 
 # ---- fetching from file:// URLs with a stand-in table -------------------------------------------------------

@@ -231,6 +231,7 @@ outputs nothing, when any of these checks fails:
 - gop_size does not match the GOP's contents, or an index_rank is >= C(K, m).
 - Bytes follow the last GOP.
 - A residual blob breaks section 6 (checked when it is unpacked).
+- A still does not decode to an AVIF image of exactly width x height (checked when it is decoded).
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
 stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
 

@@ -702,7 +702,7 @@ def cmd_encode(args):
     spec = MODELS[spec_name]
     mode = args.mode or spec.mode
     if mode != spec.mode:
-        raise GvccError(f"model {spec_name} is a {spec.mode} model; --mode {mode} needs one of "
+        raise GvccError(f"{spec.mode} model {spec_name} cannot code --mode {mode}; use one of "
                         f"{', '.join(n for n, s in MODELS.items() if s.mode == mode)}")
     video = media.read_video(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
                              fps=args.fps, limited_range=args.limited_range, frames=args.frames)
@@ -787,7 +787,7 @@ def cmd_decode(args):
                         f"(this gvcc has generator {GENERATOR_ID})")
     spec = MODELS[hdr.model]
     if spec.mode != hdr.mode:
-        raise GvccError(f"{args.input}: {hdr.mode} stream names model {hdr.model}, which is a {spec.mode} model")
+        raise GvccError(f"{args.input}: {hdr.mode} stream names the {spec.mode} model {hdr.model}")
     media.check_output(args.output, hdr.width, hdr.height)
     paths = model_paths(spec, args.weights)
     fingerprint = model_fingerprint(paths)
@@ -844,7 +844,8 @@ def cmd_info(args):
     print(f"paper accounting (codebook only, M (ceil(log2 K) + 1) bits per step and frame, first frame free): "
           f"{paper_total} bits = {paper_total / pixels:.5f} bpp, divide-by-3 convention {paper_total / pixels / 3:.5f}")
     if still_bits:
-        print(f"without the coded still frames (paper convention for I2V): {(bits - still_bits) / pixels:.5f} bpp")
+        print(f"without the coded still frames (the paper does not count its I2V first frame): "
+              f"{(bits - still_bits) / pixels:.5f} bpp")
 
 
 def cmd_eval(args):

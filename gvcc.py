@@ -399,22 +399,12 @@ def model_paths(spec, weights_dir):
 def model_fingerprint(paths):
     """CRC32 over the name, dtype, shape and stored bytes of a few small tensors of every component file."""
     import zlib
-    from safetensors import safe_open
-    from wan_model import KNOWN_PREFIXES, weight_files
+
+    from wan_model import read_stored
     crc = 0
     for part in sorted(paths):
-        found = {}
-        for fname in weight_files(paths[part]):
-            with safe_open(fname, framework="pt") as fh:
-                for key in fh.keys():
-                    name = key
-                    for prefix in KNOWN_PREFIXES:
-                        name = name[len(prefix):] if name.startswith(prefix) else name
-                    if name in FINGERPRINT_KEYS[part]:
-                        found[name] = fh.get_tensor(key)
+        found = read_stored(paths[part], FINGERPRINT_KEYS[part])
         for name in FINGERPRINT_KEYS[part]:
-            if name not in found:
-                raise GvccError(f"{paths[part]}: missing key '{name}'")
             t = found[name].contiguous()
             crc = zlib.crc32(f"{part}:{name}:{t.dtype}:{list(t.shape)}".encode(), crc)
             crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes(), crc)

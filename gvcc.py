@@ -78,6 +78,8 @@ Normative parts (what a port must reproduce exactly)
 Floating-point model arithmetic (DiT, VAE) is *not* bit-exact across machines: a stream parses identically
 everywhere, and on the same machine, device and precision the decoder reproduces the encoder's reconstruction
 bit for bit, because both run the very same code path (`run_gop`). On other hardware the pixels may drift.
+On a CPU the thread count is part of "the same machine": torch's fused attention kernel rounds differently with
+different thread counts for some sequence lengths (seen with 15 text tokens, 1 vs 2 threads).
 
 Portable generator
 ------------------

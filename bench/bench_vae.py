@@ -24,28 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def to_diffusers_key(key):
-    """Official VAE key -> diffusers AutoencoderKLWan key (wan.md 5.3; same as tests/test_vae.py)."""
-    parts = key.split(".")
-    if parts[0] in ("conv1", "conv2"):
-        return ".".join([{"conv1": "quant_conv", "conv2": "post_quant_conv"}[parts[0]]] + parts[1:])
-    side, name, rest = parts[0], parts[1], parts[2:]
-    if name == "conv1":
-        new = ["conv_in"]
-    elif name == "head":
-        new, rest = [{"0": "norm_out", "2": "conv_out"}[rest[0]]], rest[1:]
-    elif name == "middle":
-        new, rest = {"0": ["mid_block", "resnets", "0"], "1": ["mid_block", "attentions", "0"],
-                     "2": ["mid_block", "resnets", "1"]}[rest[0]], rest[1:]
-    elif name == "downsamples":
-        new, rest = ["down_blocks", rest[0]], rest[1:]
-    else:
-        level, j = divmod(int(rest[0]), 4)
-        new, rest = ["up_blocks", str(level)] + (["resnets", str(j)] if j < 3 else ["upsamplers", "0"]), rest[1:]
-    out = ".".join([side] + new + rest)
-    for a, b in ((".residual.0.", ".norm1."), (".residual.2.", ".conv1."), (".residual.3.", ".norm2."),
-                 (".residual.6.", ".conv2."), (".shortcut.", ".conv_shortcut.")):
-        out = out.replace(a, b)
-    return out
+    """Official VAE key -> diffusers AutoencoderKLWan key: the mapping the conformance tests use (wan.md 5.3)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, ROOT)
+    from test_vae import to_diffusers_key as mapping
+    return mapping(key)
 
 
 def rss_gib():

@@ -1,4 +1,4 @@
-"""The gvcc bitstream, format version 1: the specification, and a reader and writer for it.
+"""The gvcc bitstream, format version 2: the specification, and a reader and writer for it.
 
 This docstring is the format specification. Only the decoder is normative: a stream is valid when a decoder that
 follows section 9 accepts it. The code below implements this text and cites its sections. It imports only the
@@ -22,10 +22,10 @@ container, and nothing is left out of the count.
   written u(n), is therefore stored MSB first. When it is byte aligned and n is a multiple of 8 this is
   big-endian byte order. Every field outside the codebook section (section 5.3) is byte aligned and a whole
   number of bytes long.
-- f(n): n bits with a fixed value, always zero in version 1.
+- f(n): n bits with a fixed value, always zero in version 2.
 - b(8*n): a string of n bytes, copied as is.
-- The one exception to big-endian order is inside the zlib-compressed residual blob (section 6). Its float32
-  scales are little-endian IEEE 754 binary32, as numpy writes '<f4'.
+- The one exception to big-endian order is the residual blob (section 6). Its float32 scales are little-endian
+  IEEE 754 binary32, as numpy writes '<f4', and its 16-bit values are little-endian too.
 - CRC-32 is the CRC of zlib, PNG and Ethernet (reflected polynomial 0xEDB88320, initial value 0xFFFFFFFF, final
   XOR 0xFFFFFFFF). crc32(b"123456789") = 0xCBF43926. It is stored as u(32).
 - C(n, k) is the binomial coefficient, 0 when k > n. RankBits(m) = ceil(log2 C(K, m)), the bit length of
@@ -36,11 +36,11 @@ container, and nothing is left out of the count.
 3. File layout
 --------------
     +--------------------------------+------------------+------------------+-----+----------------------+
-    | header (68 + model_len         | GOP 0            | GOP 1            | ... | GOP NumGops-1        |
+    | header (72 + model_len         | GOP 0            | GOP 1            | ... | GOP NumGops-1        |
     |         + prompt_len bytes)    | (gop_size + 8)   | (gop_size + 8)   |     |                      |
     +--------------------------------+------------------+------------------+-----+----------------------+
 
-    header: | fixed fields (64 bytes) | model | prompt | header_crc (4) |
+    header: | fixed fields (68 bytes) | model | prompt | header_crc (4) |
 
     GOP:    | gop_size (4) | [still_size (4) | still] x NumStills | [residual_size (4) | residual] | codebook
             | zero bits to the byte boundary | gop_crc (4) |
@@ -53,13 +53,17 @@ Nothing may follow the last GOP.
     offset  size  element             descriptor   value
     ------  ----  ------------------  -----------  ---------------------------------------------------------
        0      4   magic               b(32)        "GVCC" (47 56 43 43)
-       4      1   version             u(8)         1
+       4      1   version             u(8)         2 (a version 1 stream, written by gvcc before the changes of
+                                                   version 2 below, is refused: re-encode its source)
        5      1   mode                u(8)         0 = t2v, 1 = i2v, 2 = flf2v
        6      -   residual            u(1)         1: every GOP carries a tail latent residual (bit 7 of byte 6)
        6      -   precision           u(1)         network precision of the encoder (bit 6 of byte 6): 0 = float32,
                                                    1 = bfloat16 with float32 islands (see gvcc.py)
-       6      -   reserved_zero       f(6)         0 (bits 5..0 of byte 6)
-       7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v
+       6      -   still_lossless      u(1)         1: the stills are lossless PNG files instead of AVIF (bit 5 of
+                                                   byte 6); 0 in t2v
+       6      -   reserved_zero       f(5)         0 (bits 4..0 of byte 6)
+       7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v and with
+                                                   still_lossless
        8      4   model_fingerprint   u(32)        fingerprint of the weight files (computed by gvcc.py)
       12      2   generator           u(16)        codebook generator id, >= 1 (1 = Philox4x32-10 + gvcc
                                                    Gaussian transform v1)
@@ -82,7 +86,13 @@ Nothing may follow the last GOP.
       57      1   model_len           u(8)         length of model in bytes
       58      2   prompt_len          u(16)        length of prompt in bytes
       60      4   seed                u(32)        seed of the initial latent and of the codebooks
-      64      *   model               b(8*model_len)   model name from gvcc's MODELS table, printable ASCII
+      64      2   text_len            u(16)        rows of the padded text context the DiT attends to (512 as
+                                                   upstream Wan; 226 as the authors' T2V runs); the prompt's
+                                                   tokens are cut to text_len - 1 plus EOS
+      66      1   residual_bits       u(8)         bits per value of the tail residual: 4, 8 or 16 (the encoder
+                                                   writes 8 when residual = 0)
+      67      1   reserved_zero       f(8)         0
+      68      *   model               b(8*model_len)   model name from gvcc's MODELS table, printable ASCII
        *      *   prompt              b(8*prompt_len)  text prompt, UTF-8
        *      4   header_crc          u(32)        CRC-32 of every header byte before it (offset 0 on)
 
@@ -118,11 +128,13 @@ Nothing may follow the last GOP.
   codebook part has a length fixed by the header (section 5.3), so gop_size must equal
   sum over stills (4 + still_size) + (4 + residual_size if residual) + CodebookBytes( g ).
 - gop_crc: the CRC-32 of every byte of the GOP before it, from gop_size on.
-- still: one coded still frame, an AVIF file, at the working size width x height. NumStills( g ) and which
+- still: one coded still frame at the working size width x height: an AVIF file, or a PNG file (8-bit RGB,
+  lossless) when still_lossless = 1. NumStills( g ) and which
   frame each still shows are given in section 7.
 - residual_data: the tail residual blob of section 6.
-- SdeSteps = steps - tail_steps. Only the first SdeSteps sampler steps inject codebook atoms. The tail steps
-  carry no bits. SdeSteps may be 0, and then a GOP has no codebook symbols.
+- SdeSteps = min(steps - tail_steps, steps - 1). Only the first SdeSteps sampler steps inject codebook atoms.
+  The tail steps carry no bits, and the last step (the one that lands on t = 0) is always a tail step, as in
+  the authors' sampler, even when tail_steps = 0. SdeSteps may be 0, and then a GOP has no codebook symbols.
 - AtomsForFrame( f, L ) = M_tail if f >= L - tail_frames, else M. Latent frame f is one of the L latent frames
   of the GOP, L = LatentFrames( g ). In a short last GOP with L <= tail_frames, every frame uses M_tail.
 - index_rank[ j ][ f ]: the lexicographic rank (section 5.4) of the set S of atom indices chosen at SDE step j
@@ -158,16 +170,27 @@ port needs only big-integer addition, comparison, and multiplication and divisio
 
 6. Tail residual blob
 ---------------------
-    residual_data = zlib( scales || q )          (RFC 1950 zlib stream; any compression level)
+    residual_data = scales || zlib( q )
     scales: n_channels float32, little-endian    one per latent channel, finite and >= 0
-    q:      n_values int8                        two's complement, channel-major: q[(c * h + y) * w + x]
+    q:      n_values unsigned integers           channel-major, q[(c * h + y) * w + x], each of residual_bits
+                                                 bits stored in one byte (4 and 8 bits) or in two bytes,
+                                                 little-endian (16 bits); zlib is an RFC 1950 stream, any level
 
-The residual covers the last latent frame of the GOP: n_channels = C = 16 and n_values = C * h * w, where
-h = 2 * ceil(height / 16) and w = 2 * ceil(width / 16) is the latent size of the padded working frame. The
-dequantised residual is scale_c * q / 127. gvcc.py adds it to the final latent of that frame before VAE
-decoding. In I2V mode that corrected frame is also the next GOP's reference. The decoder decompresses no more
-than 4 * n_channels + n_values + 1 bytes, and rejects the blob unless the output is exactly
-4 * n_channels + n_values bytes and the zlib stream ends there with no trailing data.
+The residual covers the last latent frame of the GOP as the DiT sees it: n_channels = C = 16 and
+n_values = C * h * w, where h = 2 ceil(height / 16) and w = 2 ceil(width / 16) (section 7 of gvcc.py's
+docstring: the latent of the working frame, padded to even height and width). With b = residual_bits and
+L = 2^b - 1 the dequantised residual of channel c is, in float32 and in this order of operations,
+    r = ((q * 2) / L - 1) * scale_c
+gvcc.py adds it to the final latent of that frame before the padding is cropped and the VAE decodes. In I2V mode
+that corrected frame is also the next GOP's reference. The decoder decompresses no more than
+n_values * ValueBytes + 1 bytes (ValueBytes = 1 for 4 and 8 bits, 2 for 16), and rejects the blob unless
+residual_size > 4 * n_channels, the output is exactly n_values * ValueBytes bytes, the zlib stream ends there
+with no trailing data, and every 4-bit value is at most 15.
+
+This is the authors' quantiser (CCdydy/GVCC, exp_i2v/run_uvg_chained_gop.py): scale_c = max(max |r_c|, 1e-6),
+q = round((r / scale_c + 1) L / 2), zlib level 9. Their blob is zlib( q ) alone, with the scales kept outside
+the count; gvcc sends the scales too. (Their 16-bit option stores int16 and reads values above 32767 back as
+negative numbers; gvcc's unsigned reading is what they meant, and writes the same bytes.)
 
 
 7. GOP layout (normative)
@@ -211,9 +234,12 @@ Memory use is linear in the stream length.
     prompt_len                        0 .. 16384
     still_size                        1 .. 2^24 (16 MiB)
     residual_size                     1 .. 2^24 (16 MiB); n_channels 1 .. 64, n_values 0 .. 2^22
+    residual_bits                     4, 8 or 16
+    text_len                          1 .. 4096
     gop_size                          0 .. 2^30 (1 GiB)
     g_scale_q                         0 .. 10^6;  shift_q 1 .. 10^6
-    fps_num, fps_den                  1 .. 2^32 - 1;  still_quality 0 .. 100 (0 in t2v)
+    fps_num, fps_den                  1 .. 2^32 - 1;  still_quality 0 .. 100 (0 in t2v and with still_lossless)
+    still_lossless                    0 .. 1 (0 in t2v)
     generator                         1 .. 65535
 
 
@@ -221,7 +247,7 @@ Memory use is linear in the stream length.
 ----------------------------------
 A decoder reads the header and then NumGops GOPs, in this order. It rejects the stream with an error, and
 outputs nothing, when any of these checks fails:
-- magic is not "GVCC", or version is not 1. Both are checked before anything else.
+- magic is not "GVCC", or version is not 2. Both are checked before anything else.
 - The stream ends before a field it needs.
 - header_crc or a gop_crc does not match. Each is checked before the fields it covers are interpreted, except
   the lengths needed to find it (model_len and prompt_len, gop_size), which are first checked against their
@@ -231,7 +257,8 @@ outputs nothing, when any of these checks fails:
 - gop_size does not match the GOP's contents, or an index_rank is >= C(K, m).
 - Bytes follow the last GOP.
 - A residual blob breaks section 6 (checked when it is unpacked).
-- A still does not decode to an AVIF image of exactly width x height (checked when it is decoded).
+- A still does not decode to an image of the kind still_lossless names (AVIF or 8-bit RGB PNG) of exactly
+  width x height (checked when it is decoded).
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
 stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
 
@@ -241,8 +268,8 @@ stream made for weights or a generator it does not have. It outputs frames per s
 - Write every field within its limits, with zero reserved and padding bits. Write fps as a reduced fraction.
 - Send each index set as the sorted set S of the atoms chosen by the matching in gvcc.py, and the sign of each
   atom, with zero counted as +.
-- Code the stills of section 7 at the working size, with AVIF quality still_quality. Encoder and decoder both
-  condition on the decoded stills, never on the source frames.
+- Code the stills of section 7 at the working size, with AVIF quality still_quality, or losslessly as PNG when
+  still_lossless = 1. Encoder and decoder both condition on the decoded stills, never on the source frames.
 - When residual = 1, write in each GOP the blob of section 6 for the GOP's last latent frame, made from that
   frame's final latent as the decoder will compute it.
 """
@@ -259,7 +286,7 @@ from typing import NamedTuple
 # ==================================================================================================
 
 MAGIC = b"GVCC"
-VERSION = 1
+VERSION = 2
 MODES = ("t2v", "i2v", "flf2v")          # mode field value -> name
 
 MAX_SRC_SIZE = 65535
@@ -274,12 +301,14 @@ MAX_PROMPT_LEN = 16384
 MAX_STILL_SIZE = 1 << 24
 MAX_RESIDUAL_SIZE = 1 << 24
 MAX_RESIDUAL_CHANNELS = 64
-MAX_RESIDUAL_VALUES = 1 << 22            # int8 values in one residual blob
+MAX_RESIDUAL_VALUES = 1 << 22            # quantised values in one residual blob
+RESIDUAL_BITS = (4, 8, 16)
+MAX_TEXT_LEN = 4096
 MAX_GOP_SIZE = 1 << 30
 MAX_Q = 10 ** 6                          # g_scale_q, shift_q
 
 # The 64 bytes after the magic are fixed-width fields: (element, size in bytes), in file order, each u(8*size).
-# Byte 6 ("flags") holds residual u(1), precision u(1) and reserved_zero f(6).
+# Byte 6 ("flags") holds residual u(1), precision u(1), still_lossless u(1) and reserved_zero f(5).
 HEADER_FIELDS = (
     ("version", 1), ("mode", 1), ("flags", 1), ("still_quality", 1),
     ("model_fingerprint", 4), ("generator", 2),
@@ -287,9 +316,9 @@ HEADER_FIELDS = (
     ("gop_frames", 2), ("frames", 4), ("fps_num", 4), ("fps_den", 4),
     ("steps", 2), ("tail_steps", 2), ("g_scale_q", 4), ("shift_q", 4),
     ("K", 4), ("M", 2), ("M_tail", 2), ("tail_frames", 1),
-    ("model_len", 1), ("prompt_len", 2), ("seed", 4),
+    ("model_len", 1), ("prompt_len", 2), ("seed", 4), ("text_len", 2), ("residual_bits", 1), ("reserved", 1),
 )
-FIXED_HEADER_BYTES = 64                  # magic + HEADER_FIELDS
+FIXED_HEADER_BYTES = 68                  # magic + HEADER_FIELDS
 GOP_FRAMING_BYTES = 8                    # gop_size + gop_crc
 
 
@@ -328,6 +357,9 @@ class Header:
     residual: int            # 1: each GOP carries a tail latent residual (I2V)
     prompt: str              # UTF-8 text prompt
     precision: int = 0       # networks' precision at the encoder: 0 float32, 1 bfloat16 (fp32 islands)
+    text_len: int = 512      # rows of the padded text context (512 upstream Wan, 226 the authors' T2V)
+    residual_bits: int = 8   # bits per tail residual value: 4, 8 or 16
+    still_lossless: int = 0  # 1: stills are lossless PNG instead of AVIF
 
 
 @dataclass
@@ -388,9 +420,13 @@ def check_header(h):
     if h.tail_frames == 0 and h.M_tail != h.M:
         raise BitstreamError(f"header: M_tail = {h.M_tail} differs from M = {h.M} but tail_frames is 0")
     _check_range("seed", h.seed, 0, 0xFFFFFFFF)
-    _check_range("still_quality", h.still_quality, 0, 0 if h.mode == "t2v" else 100)
+    _check_range("still_lossless", h.still_lossless, 0, 0 if h.mode == "t2v" else 1)
+    _check_range("still_quality", h.still_quality, 0, 0 if h.mode == "t2v" or h.still_lossless else 100)
     _check_range("residual", h.residual, 0, 1)
     _check_range("precision", h.precision, 0, 1)
+    _check_range("text_len", h.text_len, 1, MAX_TEXT_LEN)
+    if h.residual_bits not in RESIDUAL_BITS:
+        raise BitstreamError(f"header: residual_bits = {h.residual_bits!r} is not one of 4, 8, 16")
 
 
 # ==================================================================================================
@@ -439,14 +475,19 @@ def rank_bits(K, m):
     return (_num_subsets(K, m) - 1).bit_length()
 
 
+def sde_steps(header):
+    """SdeSteps: the sampler steps that carry codebook symbols; the last step never does (spec section 5.2)."""
+    return min(header.steps - header.tail_steps, header.steps - 1)
+
+
 def codebook_bits(header, latent_frames):
     """(rank bits, sign bits) of one GOP with `latent_frames` latent frames."""
-    sde_steps = header.steps - header.tail_steps
+    sde_steps_ = sde_steps(header)
     ranks = signs = 0
     for f in range(latent_frames):
         m = atoms_for_frame(header, f, latent_frames)
-        ranks += sde_steps * rank_bits(header.K, m)
-        signs += sde_steps * m
+        ranks += sde_steps_ * rank_bits(header.K, m)
+        signs += sde_steps_ * m
     return ranks, signs
 
 
@@ -506,49 +547,65 @@ def combination_unrank(rank, K, M):
 # Tail residual blob (spec section 6)
 # ==================================================================================================
 
-def _residual_sizes(n_channels, n_values):
+def value_bytes(bits):
+    """ValueBytes: bytes per stored residual value (spec section 6)."""
+    return 2 if bits == 16 else 1
+
+
+def _residual_sizes(n_channels, n_values, bits):
     if not isinstance(n_channels, int) or not 1 <= n_channels <= MAX_RESIDUAL_CHANNELS:
         raise BitstreamError(f"residual: {n_channels!r} channels is outside 1..{MAX_RESIDUAL_CHANNELS}")
     if not isinstance(n_values, int) or not 0 <= n_values <= MAX_RESIDUAL_VALUES:
         raise BitstreamError(f"residual: {n_values!r} values is outside 0..{MAX_RESIDUAL_VALUES}")
-    return 4 * n_channels + n_values
+    if bits not in RESIDUAL_BITS:
+        raise BitstreamError(f"residual: {bits!r} bits per value is not one of 4, 8, 16")
+    return n_values * value_bytes(bits)
 
 
-def pack_residual(scales, q):
-    """zlib(float32 LE scales || int8 values): the residual blob of one GOP (spec section 6)."""
+def pack_residual(scales, q, bits):
+    """float32 LE scales || zlib(q, level 9): the residual blob of one GOP (spec section 6).
+
+    q: the stored values as bytes (one byte per value for 4 and 8 bits, two little-endian bytes for 16).
+    """
     q = bytes(q)
     n_channels = len(scales)
-    _residual_sizes(n_channels, len(q))
+    if len(q) % value_bytes(bits):
+        raise BitstreamError(f"residual: {len(q)} bytes are not whole {bits}-bit values")
+    _residual_sizes(n_channels, len(q) // value_bytes(bits), bits)
     for c, s in enumerate(scales):
         if not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
             raise BitstreamError(f"residual: scale {c} = {s!r} is not a finite non-negative number")
+    if bits == 4 and any(v > 15 for v in q):
+        raise BitstreamError("residual: a 4-bit value is above 15")
     try:
-        raw = struct.pack(f"<{n_channels}f", *scales) + q
+        head = struct.pack(f"<{n_channels}f", *scales)
     except (OverflowError, struct.error):
         raise BitstreamError("residual: a scale does not fit in a float32") from None
-    blob = zlib.compress(raw, 9)
+    blob = head + zlib.compress(q, 9)
     if len(blob) > MAX_RESIDUAL_SIZE:
         raise BitstreamError(f"residual: blob is {len(blob)} bytes, the limit is {MAX_RESIDUAL_SIZE}")
     return blob
 
 
-def unpack_residual(blob, n_channels, n_values):
-    """(scales: list[float], q: n_values bytes of int8) from a residual blob; never inflates past that size."""
-    expected = _residual_sizes(n_channels, n_values)
-    if not 1 <= len(blob) <= MAX_RESIDUAL_SIZE:
-        raise BitstreamError(f"residual: blob is {len(blob)} bytes, outside 1..{MAX_RESIDUAL_SIZE}")
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(bytes(blob), expected + 1)     # bounded: a zlib bomb stops here
-    except zlib.error as exc:
-        raise BitstreamError(f"residual: not a valid zlib stream ({exc})") from None
-    if len(raw) != expected or not inflater.eof or inflater.unused_data:
-        raise BitstreamError(f"residual: blob does not hold exactly {expected} bytes in one zlib stream")
-    scales = list(struct.unpack(f"<{n_channels}f", raw[:4 * n_channels]))
+def unpack_residual(blob, n_channels, n_values, bits):
+    """(scales: list[float], q: the stored value bytes) from a residual blob; never inflates past that size."""
+    expected = _residual_sizes(n_channels, n_values, bits)
+    if not 4 * n_channels < len(blob) <= MAX_RESIDUAL_SIZE:
+        raise BitstreamError(f"residual: blob is {len(blob)} bytes, outside {4 * n_channels + 1}..{MAX_RESIDUAL_SIZE}")
+    scales = list(struct.unpack(f"<{n_channels}f", bytes(blob[:4 * n_channels])))
     for c, s in enumerate(scales):
         if not math.isfinite(s) or s < 0:
             raise BitstreamError(f"residual: scale {c} = {s!r} is not a finite non-negative float32")
-    return scales, raw[4 * n_channels:]
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(bytes(blob[4 * n_channels:]), expected + 1)     # bounded: a zlib bomb stops here
+    except zlib.error as exc:
+        raise BitstreamError(f"residual: not a valid zlib stream ({exc})") from None
+    if len(raw) != expected or not inflater.eof or inflater.unused_data:
+        raise BitstreamError(f"residual: blob does not hold exactly {n_values} {bits}-bit values in one zlib stream")
+    if bits == 4 and max(raw, default=0) > 15:
+        raise BitstreamError("residual: a 4-bit value is above 15")
+    return scales, raw
 
 
 # ==================================================================================================
@@ -610,15 +667,16 @@ def write_header(header):
     prompt = header.prompt.encode("utf-8")
     values = {name: getattr(header, name, None) for name, _ in HEADER_FIELDS}
     values.update(version=VERSION, mode=MODES.index(header.mode),
-                  flags=header.residual << 7 | header.precision << 6, model_len=len(model), prompt_len=len(prompt))
+                  flags=header.residual << 7 | header.precision << 6 | header.still_lossless << 5,
+                  model_len=len(model), prompt_len=len(prompt), reserved=0)
     out = MAGIC + b"".join(_u(values[name], size) for name, size in HEADER_FIELDS) + model + prompt
     return out + _u(zlib.crc32(out), 4)
 
 
 def _check_symbols(header, g, symbols, latent_frames):
-    sde_steps = header.steps - header.tail_steps
-    if len(symbols) != sde_steps:
-        raise BitstreamError(f"GOP {g}: {len(symbols)} SDE steps of symbols, expected {sde_steps}")
+    expected = sde_steps(header)
+    if len(symbols) != expected:
+        raise BitstreamError(f"GOP {g}: {len(symbols)} SDE steps of symbols, expected {expected}")
     for j, step in enumerate(symbols):
         if len(step) != latent_frames:
             raise BitstreamError(f"GOP {g} step {j}: {len(step)} latent frames of symbols, expected {latent_frames}")
@@ -702,7 +760,8 @@ def _read_header(data):
         raise BitstreamError(f"not a gvcc stream: bad magic {bytes(data[:4])!r} (expected {MAGIC!r})")
     _need(data, 4, 1, "version")
     if data[4] != VERSION:
-        raise BitstreamError(f"unsupported gvcc format version {data[4]} (this decoder reads version {VERSION})")
+        old = " (a stream from an older gvcc: re-encode its source)" if data[4] < VERSION else ""
+        raise BitstreamError(f"unsupported gvcc format version {data[4]}{old}; this decoder reads version {VERSION}")
     _need(data, 0, FIXED_HEADER_BYTES, "fixed header")
     raw, pos = {}, 4
     for name, size in HEADER_FIELDS:
@@ -719,8 +778,9 @@ def _read_header(data):
         raise BitstreamError(f"header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
     if raw["mode"] >= len(MODES):
         raise BitstreamError(f"header: unknown mode {raw['mode']}")
-    if raw["flags"] & 0x3F:
-        raise BitstreamError(f"header: reserved bits are not zero (flags byte {raw['flags']:#04x})")
+    if raw["flags"] & 0x1F or raw["reserved"]:
+        raise BitstreamError(f"header: reserved bits are not zero (flags byte {raw['flags']:#04x}, "
+                             f"reserved byte {raw['reserved']:#04x})")
     model = bytes(data[FIXED_HEADER_BYTES:FIXED_HEADER_BYTES + raw["model_len"]])
     if any(not 0x21 <= ch <= 0x7E for ch in model) or not model:
         raise BitstreamError(f"header: model name {model!r} is not 1..{MAX_MODEL_LEN} printable ASCII characters")
@@ -730,7 +790,8 @@ def _read_header(data):
         raise BitstreamError("header: prompt is not valid UTF-8") from None
     fields = {name: raw[name] for name in Header.__dataclass_fields__ if name in raw and name != "mode"}
     header = Header(mode=MODES[raw["mode"]], model=model.decode("ascii"), prompt=prompt,
-                    residual=raw["flags"] >> 7, precision=(raw["flags"] >> 6) & 1, **fields)
+                    residual=raw["flags"] >> 7, precision=(raw["flags"] >> 6) & 1,
+                    still_lossless=(raw["flags"] >> 5) & 1, **fields)
     check_header(header)
     return header, length + 4
 
@@ -790,7 +851,7 @@ def _walk(data, decode_symbols):
         section = bytes(data[pos:end])
         reader = _BitReader(section)
         symbols = []
-        for j in range(header.steps - header.tail_steps):
+        for j in range(sde_steps(header)):
             step = []
             for f in range(info.latent_frames):
                 m = atoms_for_frame(header, f, info.latent_frames)

@@ -115,6 +115,7 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 # ==================================================================================================
@@ -264,7 +265,8 @@ class SamplerSettings:
 
     @property
     def sde_steps(self):
-        return self.steps - self.tail_steps
+        """Steps with a codebook innovation: all but the tail, and never the last step (it lands on t = 0)."""
+        return min(self.steps - self.tail_steps, self.steps - 1)
 
 
 def run_gop(velocity, settings, shape, choose, device="cpu", on_step=None):
@@ -348,13 +350,12 @@ class ModelSpec:
     t5_file: str
     clip: str = None    # wan_model.CLIP_CONFIGS name (i2v, flf2v)
     clip_file: str = None
-    shift: float = 3.0  # the paper's time-grid shift for this mode
 
 
 _REAL = dict(vae="wan2.1", vae_file="wan_2.1_vae.safetensors", t5="umt5-xxl", t5_file="umt5_xxl_fp16.safetensors")
-_REAL_CLIP = dict(clip="vit-h-14", clip_file="clip_vision_h.safetensors", shift=5.0)
+_REAL_CLIP = dict(clip="vit-h-14", clip_file="clip_vision_h.safetensors")
 _TINY = dict(vae="tiny", vae_file="tiny_vae.safetensors", t5="tiny", t5_file="tiny_umt5.safetensors")
-_TINY_CLIP = dict(clip="tiny", clip_file="tiny_clip_vision.safetensors", shift=5.0)
+_TINY_CLIP = dict(clip="tiny", clip_file="tiny_clip_vision.safetensors")
 
 MODELS = {
     "t2v-1.3B": ModelSpec("t2v", "t2v-1.3B", "wan2.1_t2v_1.3B_fp32.safetensors", **_REAL),
@@ -369,6 +370,11 @@ MODELS = {
     "tiny-flf2v": ModelSpec("flf2v", "tiny-flf2v", "tiny_flf2v.safetensors", **_TINY, **_TINY_CLIP),
 }
 DEFAULT_MODEL = {"t2v": "t2v-1.3B", "i2v": "i2v-14B-720P", "flf2v": "flf2v-14B-720P"}
+
+
+def default_shift(mode, height):
+    """The authors' time-grid shift: 3 for T2V; for I2V and FLF2V 3 at a working height <= 480, else 5."""
+    return 3.0 if mode == "t2v" or height <= 480 else 5.0
 
 # Small tensors whose stored bytes identify a checkpoint (the fingerprint), one list per component.
 FINGERPRINT_KEYS = {
@@ -427,18 +433,24 @@ class Codec:
     clip: dict = None
 
 
-def load_codec(spec, weights_dir, prompt, device, precision):
-    """Load everything a GOP needs. The text encoder is run once on the prompt and then dropped."""
+def load_codec(spec, weights_dir, prompt, device, precision, text_len=512):
+    """Load everything a GOP needs. The text encoder is run once on the prompt and then dropped.
+
+    text_len (the header's) is the padded length of the text context: the prompt's tokens are cut to
+    text_len - 1 plus EOS, and the DiT zero-pads the features to text_len rows before its text MLP.
+    """
+    import dataclasses
+
     import vae as vae_mod
     import wan_model
     paths = model_paths(spec, weights_dir)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    t5_cfg = wan_model.T5_CONFIGS[spec.t5]
+    t5_cfg = dataclasses.replace(wan_model.T5_CONFIGS[spec.t5], text_len=text_len)
     t5, tokenizer = wan_model.load_t5(paths["t5"], t5_cfg, dtype=dtype)
     t5 = {k: v.to(device) for k, v in t5.items()}
     context = wan_model.encode_text(t5, t5_cfg, tokenizer, prompt).to(device)
     del t5
-    dit_cfg = wan_model.DIT_CONFIGS[spec.dit]
+    dit_cfg = dataclasses.replace(wan_model.DIT_CONFIGS[spec.dit], text_len=text_len)
     dit = wan_model.load_dit(paths["dit"], dit_cfg, dtype=dtype, device=device)
     vae_cfg = vae_mod.VAE_CONFIGS[spec.vae]
     vae = {k: v.to(device) for k, v in vae_mod.load_vae(paths["vae"], vae_cfg).items()}
@@ -481,9 +493,26 @@ def pad_frames(frames, n_padded, height, width):
     return np.pad(frames, ((0, n_padded - n), (0, height - h0), (0, width - w0), (0, 0)), mode="edge")
 
 
-def padded_size(width, height):
-    """Working size rounded up to multiples of 16 (VAE stride 8 times DiT patch 2)."""
-    return -(-width // 16) * 16, -(-height // 16) * 16
+def pixel_size(width, height):
+    """(W, H): the working size rounded up to multiples of 8, the VAE's stride (1080 rows stay 1080)."""
+    return -(-width // 8) * 8, -(-height // 8) * 8
+
+
+def latent_size(width, height):
+    """(h, w) of the DiT's latent: the VAE latent of the pixel_size frame, rounded up to even for the 2x2
+    patches (1080p: 135 -> 136 rows). Equal to (2 ceil(height / 16), 2 ceil(width / 16))."""
+    pw, ph = pixel_size(width, height)
+    return ph // 8 + (ph // 8) % 2, pw // 8 + (pw // 8) % 2
+
+
+def pad_latent(x, h, w):
+    """Replicate-pad a latent [..., h0, w0] to [..., h, w] (bottom rows, right columns), as the authors' wrapper
+    pads the VAE latent and y for the DiT; the VAE later decodes the first h0 x w0 only."""
+    if x.shape[-2:] == (h, w):
+        return x
+    lead = x.shape[:-2]
+    x = F.pad(x.reshape(1, -1, *x.shape[-2:]), (0, w - x.shape[-1], 0, h - x.shape[-2]), mode="replicate")
+    return x.reshape(*lead, h, w)
 
 
 # ==================================================================================================
@@ -493,10 +522,11 @@ def padded_size(width, height):
 def conditioning(codec, n_padded, first, last=None, crop=None):
     """Wan2.1 I2V / FLF2V conditioning of one GOP: y [20, F, h, w] and CLIP features [n_img, L_img, D_img].
 
-    first / last: uint8 [H, W, 3] frames at the padded size. The VAE sees [first, zero frames] (I2V) or
-    [first, zero frames, last] (FLF2V); zero is mid-grey in [-1, 1]. The 4-channel mask is 1 on the given pixel
-    frames, with frame 0 repeated four times so that it fills latent frame 0. CLIP sees the frames cropped to
-    the working size `crop` = (width, height).
+    first / last: uint8 [H, W, 3] frames at pixel_size (multiples of 8). The VAE sees [first, zero frames] (I2V)
+    or [first, zero frames, last] (FLF2V); zero is mid-grey in [-1, 1]. The 4-channel mask is 1 on the given
+    pixel frames, with frame 0 repeated four times so that it fills latent frame 0. y is then replicate-padded
+    to the DiT's even latent size, mask and all, as the authors pad it. CLIP sees the frames cropped to the
+    working size `crop` = (width, height).
     """
     import vae as vae_mod
     import wan_model
@@ -509,34 +539,41 @@ def conditioning(codec, n_padded, first, last=None, crop=None):
     if last is not None:
         video[:, -1] = to_model(last[None], codec.device)[:, 0]
         mask[-1] = 1.0
-    latent = vae_mod.encode(codec.vae, codec.vae_cfg, video)                      # [16, F, h, w]
+    latent = vae_mod.encode(codec.vae, codec.vae_cfg, video)                      # [16, F, h0, w0]
     n_lat, h, w = latent.shape[1:]
     mask = torch.cat([mask[:1].repeat(3), mask]).reshape(n_lat, 4).T             # [4, F]
-    mask = mask[:, :, None, None].expand(4, n_lat, h, w)                          # [4, F, h, w]
-    y = torch.cat([mask, latent], dim=0)                                          # [20, F, h, w]
+    mask = mask[:, :, None, None].expand(4, n_lat, h, w)                          # [4, F, h0, w0]
+    y = torch.cat([mask, latent], dim=0)                                          # [20, F, h0, w0]
+    y = pad_latent(y, h + h % 2, w + w % 2)                                       # [20, F, h, w]
     width, height = crop
     images = to_model(np.stack([f[:height, :width] for f in given]), codec.device)      # [3, n_img, H0, W0]
     clip_fea = wan_model.clip_encode(codec.clip, codec.clip_cfg, images.permute(1, 0, 2, 3))   # [n_img, L, D]
     return y, clip_fea
 
 
-def quantise_residual(r):
-    """Tail residual [C, h, w] -> per-channel 8-bit blob: q = round(127 r / max|r_c|) (encoder only)."""
+def quantise_residual(r, bits):
+    """Tail residual [C, h, w] -> blob, the authors' quantiser (encoder only; bitstream.py section 6).
+
+    Per channel m = max(max |r_c|, 1e-6) and q = round((r / m + 1) (2^bits - 1) / 2), in float32 and in this
+    order, as exp_i2v/run_uvg_chained_gop.py computes it; zlib level 9.
+    """
     import bitstream
-    scale = r.abs().amax(dim=(1, 2))                                                          # [C]
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(r / safe[:, None, None] * 127.0).clamp(-127, 127).to(torch.int8)          # [C, h, w]
-    return bitstream.pack_residual(scale.tolist(), q.cpu().numpy().tobytes())
+    levels = (1 << bits) - 1
+    scale = r.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-6)                          # [C, 1, 1]
+    q = ((r / scale + 1.0) * levels / 2.0).round().clamp(0, levels)                          # [C, h, w]
+    q = q.to(torch.int32).cpu().numpy().astype(np.uint8 if bits <= 8 else "<u2")              # [C, h, w]
+    return bitstream.pack_residual(scale.flatten().tolist(), q.tobytes(), bits)
 
 
-def dequantise_residual(blob, frame_shape, device):
-    """Blob -> residual [C, h, w] = q * (scale_c / 127); both sides add it to the last latent frame."""
+def dequantise_residual(blob, frame_shape, bits, device):
+    """Blob -> residual [C, h, w] = ((q * 2) / (2^bits - 1) - 1) * m_c, float32; both sides add it."""
     import bitstream
     c, h, w = frame_shape
-    scales, q = bitstream.unpack_residual(blob, c, c * h * w)
-    q = torch.frombuffer(bytearray(q), dtype=torch.int8).reshape(c, h, w).to(device, torch.float32)
-    step = torch.tensor(scales, dtype=torch.float32, device=device) / 127.0                   # [C]
-    return q * step[:, None, None]
+    scales, raw = bitstream.unpack_residual(blob, c, c * h * w, bits)
+    q = np.frombuffer(raw, np.uint8 if bits <= 8 else "<u2").astype(np.float32)
+    q = torch.from_numpy(q).reshape(c, h, w).to(device)                                      # [C, h, w]
+    m = torch.tensor(scales, dtype=torch.float32, device=device)[:, None, None]              # [C, 1, 1]
+    return (q * 2.0 / ((1 << bits) - 1) - 1.0) * m
 
 
 def settings_of(hdr):
@@ -556,22 +593,25 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
     import vae as vae_mod
     encoding = frames is not None
     width, height = hdr.width, hdr.height
-    pw, ph = padded_size(width, height)
+    pw, ph = pixel_size(width, height)          # what the VAE sees
+    lh, lw = latent_size(width, height)         # what the DiT sees
     settings = settings_of(hdr)
     coded, out = [], []
     reference = None        # I2V: the previous GOP's decoded last frame; FLF2V: the shared boundary frame
     for g, info in enumerate(bitstream.gop_layout(hdr)):
-        shape = (16, info.latent_frames, ph // 8, pw // 8)
+        shape = (16, info.latent_frames, lh, lw)
         last_src = info.first_frame + info.n_frames - 1
         if encoding:
             src = pad_frames(frames[info.first_frame:last_src + 1], info.n_padded, ph, pw)    # [T_pix, H, W, 3]
-            x0 = vae_mod.encode(codec.vae, codec.vae_cfg, to_model(src, codec.device))        # [C, F, h, w]
+            x0 = vae_mod.encode(codec.vae, codec.vae_cfg, to_model(src, codec.device))        # [C, F, h0, w0]
+            x0 = pad_latent(x0, lh, lw)                                                        # [C, F, h, w]
             first_still = [info.first_frame] if g == 0 else []      # stills this GOP introduces
             wanted = {"t2v": [], "i2v": first_still, "flf2v": first_still + [last_src]}[hdr.mode]
-            stills = [media.encode_still(frames[i], hdr.still_quality) for i in wanted]
+            stills = [media.encode_still(frames[i], hdr.still_quality, lossless=hdr.still_lossless)
+                      for i in wanted]
         else:
             stills = gops[g].stills
-        decoded = [media.decode_still(b) for b in stills]                                 # [height, width, 3]
+        decoded = [media.decode_still(b, lossless=hdr.still_lossless) for b in stills]   # [height, width, 3]
         if any(d.shape != (height, width, 3) for d in decoded):
             raise GvccError(f"GOP {g}: a still frame is not {width}x{height}, the stream's working size")
         decoded = [pad_frames(d[None], 1, ph, pw)[0] for d in decoded]                     # [H, W, 3] each
@@ -599,8 +639,10 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
         latent = run_gop(velocity, settings, shape, choose, codec.device, on_step)          # [C, F, h, w]
         residual = b""
         if hdr.residual:
-            residual = quantise_residual(x0[:, -1] - latent[:, -1]) if encoding else gops[g].residual
-            latent[:, -1] += dequantise_residual(residual, shape_of_frame(shape), codec.device)
+            bits = hdr.residual_bits
+            residual = quantise_residual(x0[:, -1] - latent[:, -1], bits) if encoding else gops[g].residual
+            latent[:, -1] += dequantise_residual(residual, shape_of_frame(shape), bits, codec.device)
+        latent = latent[:, :, :ph // 8, :pw // 8]                       # [C, F, h0, w0]: the DiT's padding off
         video = to_pixels(vae_mod.decode(codec.vae, codec.vae_cfg, latent))[:info.n_frames]  # [n, H, W, 3]
         if hdr.mode == "i2v":
             reference = video[-1]
@@ -719,6 +761,13 @@ def cmd_encode(args):
     m_tail = args.m_tail if args.m_tail is not None else (min(max(128, m), max(m, args.K // 2)) if tail_frames else m)
     if not m <= m_tail <= args.K:
         raise GvccError(f"--m-tail {m_tail} must be between M = {m} and K = {args.K}")
+    if args.residual_bits is not None and mode != "i2v":
+        raise GvccError("--residual-bits applies to i2v only (the tail latent residual of each GOP)")
+    residual_bits = args.residual_bits if args.residual_bits is not None else 8
+    lossless = args.still_quality == "lossless"
+    if lossless and mode == "t2v":
+        raise GvccError("--still-quality lossless applies to i2v and flf2v (t2v codes no still frames)")
+    still_quality = 0 if lossless or mode == "t2v" else int(args.still_quality)
     fps = video.fps
     device = args.device or default_device()
     precision = args.precision or default_precision(device)
@@ -727,10 +776,11 @@ def cmd_encode(args):
         src_width=src_w, src_height=src_h, width=width, height=height, frames=n,
         fps_num=fps.numerator, fps_den=fps.denominator, gop_frames=args.gop, steps=args.steps,
         tail_steps=args.tail_steps, g_scale_q=round(args.g_scale * 1000),
-        shift_q=round((args.shift if args.shift is not None else spec.shift) * 1000), K=args.K, M=m,
-        M_tail=m_tail, tail_frames=tail_frames, seed=args.seed,
-        still_quality=args.still_quality if mode != "t2v" else 0, residual=int(mode == "i2v"), prompt=args.prompt,
-        precision=PRECISIONS.index(precision))
+        shift_q=round((args.shift if args.shift is not None else default_shift(mode, height)) * 1000), K=args.K,
+        M=m, M_tail=m_tail, tail_frames=tail_frames, seed=args.seed, still_quality=still_quality,
+        still_lossless=int(lossless), residual=int(mode == "i2v" and residual_bits > 0),
+        residual_bits=residual_bits or 8, prompt=args.prompt, precision=PRECISIONS.index(precision),
+        text_len=args.text_len)
     if args.bpp is not None or args.kbps is not None:
         target = args.bpp if args.bpp is not None else args.kbps * 1000 * fps.denominator / (
             fps.numerator * src_w * src_h)
@@ -744,7 +794,7 @@ def cmd_encode(args):
         media.check_output(args.recon, width, height)
     paths = model_paths(spec, args.weights)
     hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths))
-    codec = load_codec(spec, args.weights, args.prompt, device, precision)
+    codec = load_codec(spec, args.weights, args.prompt, device, precision, hdr.text_len)
     layout = bitstream.gop_layout(hdr)
     progress = Progress(len(layout) * hdr.steps, "encode", args.quiet)
     start = time.time()
@@ -787,7 +837,8 @@ def cmd_decode(args):
         raise GvccError(f"{args.input}: stream was encoded with {hdr.model} weights of fingerprint "
                         f"{hdr.model_fingerprint:08x}, the files in {args.weights} give {fingerprint:08x}")
     device = args.device or default_device()
-    codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or PRECISIONS[hdr.precision])
+    codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or PRECISIONS[hdr.precision],
+                       hdr.text_len)
     progress = Progress(len(gops) * hdr.steps, "decode", args.quiet)
     _, recon = code_clip(codec, hdr, gops=gops, on_step=progress)
     md5 = media.frames_md5(recon)
@@ -796,6 +847,44 @@ def cmd_decode(args):
             raise GvccError(f"--verify: decoded frames have md5 {md5}, expected {args.verify}")
         print(f"OK {md5}")
     media.write_video(args.output, recon, Fraction(hdr.fps_num, hdr.fps_den))
+
+
+def paper_accounting(hdr, rows):
+    """The authors' rate count of a stream, GOP by GOP, and its sequence figures (their scripts' aggregation).
+
+    rows: bitstream.stream_report(data)["gops"]. Per GOP the authors count T_sde F_lat M (ceil(log2 K) + 1)
+    codebook bits with T_sde = steps - tail_steps and M (not M_tail: their count ignores it), plus in I2V the
+    zlib bytes of the tail residual (not its scales) and in FLF2V the boundary stills the GOP introduces (none
+    when they are lossless: their `--ref_codec gt`); the I2V first frame and all headers are free. I2V and FLF2V
+    round the codebook down to whole bytes. Pixels are at the working size; an FLF2V GOP after the first counts
+    its n_frames - 1 new frames. Sequence bpp and kbps (at 16 fps): T2V and I2V average the GOPs' figures,
+    FLF2V divides the total bits by the total frames.
+    Returns {"gops": [{"bits", "frames", "bpp", "kbps16"}], "bpp", "kbps16", "bits"}.
+    """
+    import bitstream
+    per_step_frame = hdr.M * ((hdr.K - 1).bit_length() + 1)
+    t_sde = hdr.steps - hdr.tail_steps
+    out = []
+    for g, (info, row) in enumerate(zip(bitstream.gop_layout(hdr), rows)):
+        cb = t_sde * info.latent_frames * per_step_frame
+        frames = info.n_frames
+        if hdr.mode == "t2v":
+            bits = cb
+        elif hdr.mode == "i2v":
+            zlib_bytes = row["residual_bytes"] - 4 * 16 if row["residual_bytes"] else 0
+            bits = 8 * (cb // 8 + zlib_bytes)
+        else:
+            bits = 8 * (cb // 8 + (0 if hdr.still_lossless else row["still_bytes"]))
+            frames = info.n_frames if g == 0 else info.n_frames - 1
+        out.append({"bits": bits, "frames": frames, "bpp": bits / (frames * hdr.width * hdr.height),
+                    "kbps16": bits / (frames / 16) / 1000})
+    total = sum(r["bits"] for r in out)
+    if hdr.mode == "flf2v":
+        frames = sum(r["frames"] for r in out)
+        bpp, kbps = total / (frames * hdr.width * hdr.height), total / (frames / 16) / 1000
+    else:
+        bpp, kbps = (float(np.mean([r[k] for r in out])) for k in ("bpp", "kbps16"))
+    return {"gops": out, "bits": total, "bpp": bpp, "kbps16": kbps}
 
 
 def cmd_info(args):
@@ -813,19 +902,15 @@ def cmd_info(args):
     print(f"  {'g_scale, shift':18s} {hdr.g_scale_q / 1000:g}, {hdr.shift_q / 1000:g}")
     print()
     print(f"{'GOP':>4} {'frames':>12} {'codebook B':>11} {'stills B':>9} {'residual B':>11} "
-          f"{'framing B':>10} {'total B':>9} {'bpp':>9} {'paper cb bits':>14}")
+          f"{'framing B':>10} {'total B':>9} {'bpp':>9} {'paper bits':>11} {'paper bpp':>10}")
     layout = bitstream.gop_layout(hdr)
-    paper_total = 0
-    for info, row in zip(layout, report["gops"]):
-        paper = (hdr.steps - hdr.tail_steps) * sum(
-            bitstream.atoms_for_frame(hdr, f, info.latent_frames) for f in range(info.latent_frames)
-        ) * ((hdr.K - 1).bit_length() + 1)
-        paper_total += paper
+    paper = paper_accounting(hdr, report["gops"])
+    for info, row, prow in zip(layout, report["gops"], paper["gops"]):
         span = f"{info.first_frame}-{info.first_frame + info.n_frames - 1}"
         gop_pixels = hdr.src_width * hdr.src_height * info.n_frames
         print(f"{row['index']:>4} {span:>12} {row['codebook_bytes']:>11} {row['still_bytes']:>9} "
               f"{row['residual_bytes']:>11} {row['overhead_bytes']:>10} {row['total_bytes']:>9} "
-              f"{8 * row['total_bytes'] / gop_pixels:>9.5f} {paper:>14}")
+              f"{8 * row['total_bytes'] / gop_pixels:>9.5f} {prow['bits']:>11} {prow['bpp']:>10.5f}")
     bits = 8 * len(data)
     still_bits = 8 * sum(r["still_bytes"] for r in report["gops"])
     print()
@@ -833,8 +918,13 @@ def cmd_info(args):
           f"header {report['header_bytes']} bytes")
     print(f"      {bits / seconds / 1000:.2f} kbps at the source {float(Fraction(hdr.fps_num, hdr.fps_den)):g} fps, "
           f"{bits / (hdr.frames / 16) / 1000:.2f} kbps at 16 fps (Wan's rate)")
-    print(f"paper accounting (codebook only, M (ceil(log2 K) + 1) bits per step and frame, first frame free): "
-          f"{paper_total} bits = {paper_total / pixels:.5f} bpp, divide-by-3 convention {paper_total / pixels / 3:.5f}")
+    counted = {"t2v": "codebook", "i2v": "codebook + residual zlib bytes, first frame free",
+               "flf2v": "codebook + boundary stills"}[hdr.mode]
+    print(f"paper accounting ({counted}; T_sde F_lat M (ceil(log2 K) + 1) bits per GOP, headers free, "
+          f"{hdr.width}x{hdr.height} pixels): {paper['bits']} bits = {paper['bpp']:.5f} bpp, "
+          f"{paper['kbps16']:.2f} kbps at 16 fps, divide-by-3 convention {paper['bpp'] / 3:.5f}")
+    if hdr.tail_steps == 0:
+        print("      (the authors count T_sde = steps with --tail-steps 0, although their last step sends nothing)")
     if still_bits:
         print(f"without the coded still frames (the paper does not count its I2V first frame): "
               f"{(bits - still_bits) / pixels:.5f} bpp")
@@ -842,12 +932,7 @@ def cmd_info(args):
 
 def cmd_eval(args):
     import media
-    gop = args.gop
-    if gop is None:     # per-GOP means over the stream's own GOPs when we have it
-        gop = read_stream_file(args.bitstream)[1][0].gop_frames if args.bitstream else 33
-    media.eval_main(args.reference, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=gop,
-                    size=media.parse_size(args.yuv_size) if args.yuv_size else None, fps=args.fps,
-                    limited_range=args.limited_range)
+    media.run_eval(args)
 
 
 def cmd_make_tiny(args):
@@ -873,7 +958,21 @@ def cmd_make_tiny(args):
         print(f"gvcc: wrote {path}", file=sys.stderr)
 
 
+def still_quality_arg(text):
+    """argparse type of --still-quality: an AVIF quality 0..100 or 'lossless'."""
+    if text == "lossless":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a quality from 0 to 100 or 'lossless'")
+    return value
+
+
 def build_parser():
+    import media
     p = argparse.ArgumentParser(prog="gvcc.py", description="GVCC: zero-shot generative video coding with Wan2.1.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -902,12 +1001,20 @@ def build_parser():
     e.add_argument("--steps", type=int, default=20, help="sampler steps T (default 20)")
     e.add_argument("--tail-steps", type=int, default=3, help="final ODE steps without bits (default 3)")
     e.add_argument("--g-scale", type=float, default=3.0, help="SDE diffusion scale, g_t = g t^2 (default 3)")
-    e.add_argument("--shift", type=float, help="time-grid shift (default 3 for t2v, 5 for i2v/flf2v)")
+    e.add_argument("--shift", type=float,
+                   help="time-grid shift (default 3; i2v/flf2v above 480 working rows: 5, the authors' rule)")
     e.add_argument("--gop", type=int, default=33, help="frames per GOP, 4k+1 (default 33)")
     e.add_argument("--prompt", default="", help="text prompt, stored in the stream (default empty)")
     e.add_argument("--size", metavar="WxH", help="resize (Lanczos) to this working size; decoder outputs it")
     e.add_argument("--seed", type=int, default=42, help="generator seed, 0..2^32-1 (default 42)")
-    e.add_argument("--still-quality", type=int, default=60, help="i2v/flf2v: AVIF quality of still frames")
+    e.add_argument("--still-quality", type=still_quality_arg, default=60,
+                   help="i2v/flf2v: AVIF quality of the still frames, 0..100, or 'lossless' (PNG stills: the I2V "
+                        "first frame then equals the source, as in the authors' runs) (default 60)")
+    e.add_argument("--residual-bits", type=int, choices=(0, 4, 8, 16),
+                   help="i2v: bits of the tail latent residual quantiser, 0 = no residual (default 8)")
+    e.add_argument("--text-len", type=int, default=512,
+                   help="rows of the padded text context (default 512 as upstream Wan; 226 reproduces the "
+                        "authors' T2V runs); stored in the stream")
     e.add_argument("--frames", type=int, help="code only the first N frames")
     rate = e.add_mutually_exclusive_group()
     rate.add_argument("--bpp", type=float, help="target bits per source pixel: picks M for you")
@@ -926,12 +1033,7 @@ def build_parser():
     i.add_argument("input")
 
     v = sub.add_parser("eval", help="quality of a decoded video against its reference")
-    v.add_argument("reference")
-    v.add_argument("decoded")
-    v.add_argument("--bitstream", help="the stream, for the rate")
-    v.add_argument("--json", help="also write the results as JSON")
-    v.add_argument("--gop", type=int, help="frames per GOP for per-GOP means (default: the stream's, else 33)")
-    add_input_flags(v)
+    media.add_eval_arguments(v)
 
     t = sub.add_parser("make-tiny", help="write tiny random-weight models (real key layout) to a folder")
     t.add_argument("dir")

@@ -700,10 +700,18 @@ AVIF_SPEED = 6          # libaom speed preset (0 slowest .. 10)
 AVIF_SUBSAMPLING = "4:2:0"
 
 
-def encode_still(rgb, quality):
-    """uint8 RGB [H, W, 3] -> AVIF bytes at `quality` (0 worst .. 100 lossless-ish), deterministic settings."""
+def encode_still(rgb, quality, *, lossless=False):
+    """uint8 RGB [H, W, 3] -> AVIF bytes at `quality` (0 worst .. 100 near-lossless), deterministic settings.
+
+    lossless: a PNG file instead (8-bit RGB, exact; quality is ignored), for an I2V first frame that must equal
+    the source, as the authors condition their GOP 0 on the ground truth.
+    """
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise MediaError("a still frame must be a uint8 array [H, W, 3]")
+    if lossless:
+        buf = io.BytesIO()
+        Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=9)
+        return buf.getvalue()
     if not (isinstance(quality, (int, np.integer)) and 0 <= quality <= 100):
         raise MediaError(f"AVIF quality must be an integer from 0 to 100, got {quality!r}")
     buf = io.BytesIO()
@@ -712,13 +720,16 @@ def encode_still(rgb, quality):
     return buf.getvalue()
 
 
-def decode_still(data):
-    """AVIF bytes -> uint8 RGB [H, W, 3]. MediaError if the bytes are not a decodable AVIF image."""
+def decode_still(data, *, lossless=False):
+    """AVIF bytes (PNG bytes if lossless) -> uint8 RGB [H, W, 3]. MediaError if they are not such an image."""
+    kind = "PNG" if lossless else "AVIF"
     try:
-        with Image.open(io.BytesIO(data), formats=["AVIF"]) as im:
+        with Image.open(io.BytesIO(data), formats=[kind]) as im:
+            if lossless and im.mode != "RGB":
+                raise MediaError(f"still frame: a {im.mode} PNG, a lossless still must be 8-bit RGB")
             return np.asarray(im.convert("RGB")).copy()
     except (OSError, ValueError, SyntaxError):
-        raise MediaError(f"still frame: {len(data)} bytes that are not a decodable AVIF image") from None
+        raise MediaError(f"still frame: {len(data)} bytes that are not a decodable {kind} image") from None
 
 
 # ==================================================================================================
@@ -1004,13 +1015,17 @@ CONVENTIONS = {
 def evaluate(ref, dec, *, gop=33, use_lpips=True, progress=None):
     """Metrics of decoded frames against reference frames, both uint8 RGB [N, H, W, 3] of the same shape.
 
+    gop: frames per GOP (non-overlapping runs), or a list of (first_frame, n_frames) GOPs, which may share
+    frames: a gvcc I2V / FLF2V stream's GOPs share their boundary frame, and each GOP's mean counts it, as the
+    authors count it.
+
     Returns {"per_frame": [{metric: value}], "per_gop": [...], "sequence": {...}, "notes": [...]}; metrics that
     cannot be computed (MS-SSIM on small frames, LPIPS without its weights) are None with a note saying why.
     """
     ref, dec = _pair(ref, dec)
     if ref.ndim != 4:
         raise ValueError("evaluate takes frames [N, H, W, 3]")
-    if gop < 1:
+    if isinstance(gop, int) and gop < 1:
         raise ValueError(f"gop must be at least 1, got {gop}")
     n, hgt, wid, _ = ref.shape
     notes = []
@@ -1042,9 +1057,12 @@ def evaluate(ref, dec, *, gop=33, use_lpips=True, progress=None):
     def mean(rs, key):
         vals = [r[key] for r in rs]
         return None if any(v is None for v in vals) else float(np.mean(vals))
+    ranges = [(first, gop) for first in range(0, n, gop)] if isinstance(gop, int) else gop
     gops = []
-    for g, first in enumerate(range(0, n, gop)):
-        rs = rows[first:first + gop]
+    for g, (first, length) in enumerate(ranges):
+        rs = rows[first:first + length]
+        if not rs:
+            break
         gops.append({"gop": g, "first_frame": first, "frames": len(rs), **{k: mean(rs, k) for k in METRICS}})
     seq = {"frames": n, **{k: mean(rows, k) for k in METRICS}}
     seq_gop = {k: (None if any(x[k] is None for x in gops) else float(np.mean([x[k] for x in gops])))
@@ -1084,6 +1102,23 @@ def stream_rate(bitstream_path, ref_width, ref_height, ref_frames, ref_fps):
            "fps": None if fps is None else str(fractions.Fraction(fps)), "basis": basis,
            "kbps": None if fps is None else bits / (frames / float(fps)) / 1000.0}
     return out
+
+
+def stream_gops(path):
+    """[(first_frame, n_frames)] of a gvcc stream's GOPs (bitstream.py section 7), or None for another file."""
+    try:
+        import bitstream
+    except ImportError:
+        return None
+    with open(os.fspath(path), "rb") as fh:
+        data = fh.read(1 << 20)
+    if not data.startswith(bitstream.MAGIC):
+        return None
+    try:
+        hdr = bitstream.read_header(data)
+    except Exception as exc:  # BitstreamError: a damaged gvcc stream must not be measured as something else
+        raise MediaError(f"{path}: {exc}") from None
+    return [(info.first_frame, info.n_frames) for info in bitstream.gop_layout(hdr)]
 
 
 def _json_safe(x):
@@ -1132,13 +1167,15 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=33, frames=None, size=None, fps=None,
+def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None, size=None, fps=None,
               limited_range=False, resize_to=None, use_lpips=True, out=None, progress=None):
     """`gvcc eval`: compare a decoded video with its reference, print the table, optionally write JSON.
 
     ref, dec: video paths (any read_video input). bitstream: the coded file, for the rate. json_out: path of
     the JSON report (written atomically). gop: frames per GOP for the per-GOP means. frames: evaluate only the
-    first `frames` frames. size ('WxH'), fps, limited_range: how to read raw .yuv inputs (fps also fills in a
+    first `frames` frames. gop: frames per GOP; by default the GOPs of the gvcc stream `bitstream` (shared
+    boundary frames counted in both GOPs), else 33. size ('WxH'), fps, limited_range: how to read raw .yuv
+    inputs (fps also fills in a
     rate that neither file carries). resize_to ('WxH'): compare at this working resolution, resizing (Lanczos)
     whichever video is not already at it; without it the sizes must match. Returns the report dict.
     """
@@ -1167,6 +1204,10 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=33, frames=None, s
     }
     if bitstream is not None:
         result["rate"] = stream_rate(bitstream, src_w, src_h, n_ref, rate_fps)
+    if gop is None:
+        gop = stream_gops(bitstream) if bitstream is not None else None
+        gop = gop if gop is not None else 33
+        result["gop"] = gop
     metrics = evaluate(ref_frames, dec_frames, gop=gop, use_lpips=use_lpips, progress=progress)
     same = [row["frame"] for row in metrics["per_frame"] if row["psnr"] == math.inf]
     if same:
@@ -1194,21 +1235,24 @@ def add_eval_arguments(parser):
     """Add `gvcc eval`'s arguments to an argparse (sub)parser; run_eval(args) then does the rest."""
     parser.add_argument("ref", help="reference video (.y4m, .yuv, .mp4/.mkv/.webm, PNG directory)")
     parser.add_argument("decoded", help="decoded video, same kinds")
-    parser.add_argument("--bitstream", help="coded file: gives the rate (bpp, kbps) against the source")
+    parser.add_argument("--bitstream", help="coded file: gives the rate (bpp, kbps) against the source, and a gvcc "
+                                            "stream its GOPs")
     parser.add_argument("--json", help="also write the full report (per frame, per GOP, sequence) as JSON")
-    parser.add_argument("--gop", type=int, default=33, help="frames per GOP for the per-GOP means (33)")
+    parser.add_argument("--gop", type=int, help="frames per GOP for the per-GOP means (default: the gvcc stream's "
+                                                "own GOPs, shared boundary frames in both, else 33)")
     parser.add_argument("--frames", type=int, help="compare only the first N frames of both videos")
-    parser.add_argument("--size", help="WxH of raw .yuv inputs")
+    parser.add_argument("--size", metavar="WxH", help="compare at this working size (Lanczos-resize whichever "
+                                                      "video is not at it, e.g. the reference to the paper's 1280x720)")
+    parser.add_argument("--yuv-size", metavar="WxH", help="frame size of raw .yuv inputs")
     parser.add_argument("--fps", help="frame rate of inputs that carry none (e.g. 30000/1001)")
     parser.add_argument("--limited-range", action="store_true",
                         help="untagged .yuv/.y4m inputs are limited range (default: full range)")
-    parser.add_argument("--resize", help="compare at this working size WxH (Lanczos), e.g. the paper's 1280x720")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even if it is available")
 
 
 def run_eval(args):
     """Run eval_main from the arguments add_eval_arguments defined; progress goes to stderr."""
     return eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
-                     frames=args.frames, size=args.size, fps=args.fps, limited_range=args.limited_range,
-                     resize_to=args.resize, use_lpips=not args.no_lpips,
+                     frames=args.frames, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
+                     resize_to=args.size, use_lpips=not args.no_lpips,
                      progress=lambda msg: print(msg, file=sys.stderr))

@@ -35,7 +35,7 @@ def random_gops(header, rng, still_size=(1, 40), residual_size=(1, 40)):
     gops = []
     for info in bs.gop_layout(header):
         symbols = []
-        for _ in range(header.steps - header.tail_steps):
+        for _ in range(min(header.steps - header.tail_steps, header.steps - 1)):
             step = []
             for f in range(info.latent_frames):
                 m = bs.atoms_for_frame(header, f, info.latent_frames)
@@ -80,7 +80,7 @@ def check_round_trip(header, gops):
                                       + row["overhead_bytes"])
         assert row["codebook_bits"] == row["rank_bits"] + row["sign_bits"]
         assert 8 * row["codebook_bytes"] == row["codebook_bits"] + row["padding_bits"] and row["padding_bits"] < 8
-        expected = (header.steps - header.tail_steps) * sum(
+        expected = min(header.steps - header.tail_steps, header.steps - 1) * sum(
             ceil_log2(math.comb(header.K, m)) + m
             for m in (bs.atoms_for_frame(header, f, info.latent_frames) for f in range(info.latent_frames)))
         assert row["codebook_bits"] == expected
@@ -97,7 +97,7 @@ def check_round_trip(header, gops):
 TINY_HEADER = Header(mode="i2v", model="tiny-i2v", model_fingerprint=0x12345678, generator=1, src_width=64,
                      src_height=48, width=32, height=16, frames=6, fps_num=16, fps_den=1, gop_frames=5, steps=2,
                      tail_steps=1, g_scale_q=3000, shift_q=5000, K=5, M=1, M_tail=2, tail_frames=1, seed=42,
-                     still_quality=50, residual=1, prompt="a\u00e9")
+                     still_quality=50, residual=1, prompt="a\u00e9", text_len=226, residual_bits=8)
 TINY_GOPS = [
     Gop(symbols=[[([3], [1]), ([1, 3], [0, 1])]], stills=[b"AVIF"], residual=b"\x01\x02\x03"),
     Gop(symbols=[[([0], [0]), ([3, 4], [1, 1])]], stills=[], residual=b"\xff"),
@@ -105,9 +105,9 @@ TINY_GOPS = [
 
 TINY_HEADER_BYTES = bytes.fromhex(
     "47564343"      # magic "GVCC"
-    "01"            # version 1
+    "02"            # version 2
     "01"            # mode 1 = i2v
-    "80"            # residual u(1) = 1, precision u(1) = 0, reserved_zero f(6)
+    "80"            # residual u(1) = 1, precision u(1) = 0, still_lossless u(1) = 0, reserved_zero f(5)
     "32"            # still_quality 50
     "12345678"      # model_fingerprint
     "0001"          # generator 1
@@ -126,7 +126,10 @@ TINY_HEADER_BYTES = bytes.fromhex(
     "08"            # model_len 8
     "0003"          # prompt_len 3
     "0000002a"      # seed 42
-) + b"tiny-i2v" + b"a\xc3\xa9" + bytes.fromhex("83b3b0a2")       # model, prompt (UTF-8), header_crc
+    "00e2"          # text_len 226
+    "08"            # residual_bits 8
+    "00"            # reserved_zero f(8)
+) + b"tiny-i2v" + b"a\xc3\xa9" + bytes.fromhex("abfefdde")       # model, prompt (UTF-8), header_crc
 
 # GOP 0 codebook, 10 bits: frame 0 (m = 1, C(5,1) = 5, 3 rank bits): {3} -> 011, sign - -> 1;
 # frame 1 (m = 2, C(5,2) = 10, 4 rank bits): {1,3} -> rank 5 = 0101, signs +- -> 01. 0111 0101 01|00 0000 = 75 40.
@@ -158,7 +161,7 @@ def test_hand_assembled_stream():
     header, gops = bs.read_stream(TINY_STREAM)
     assert header == TINY_HEADER and same_gops(gops, TINY_GOPS)
     report = bs.stream_report(TINY_STREAM)
-    assert report["header_bytes"] == len(TINY_HEADER_BYTES) == 64 + 8 + 3 + 4
+    assert report["header_bytes"] == len(TINY_HEADER_BYTES) == 68 + 8 + 3 + 4
     assert report["prompt_bytes"] == 3
     assert [row["total_bytes"] for row in report["gops"]] == [len(TINY_GOP0_BYTES), len(TINY_GOP1_BYTES)]
     assert [row["codebook_bits"] for row in report["gops"]] == [10, 10]
@@ -319,6 +322,10 @@ EDGE_HEADERS = [
     dict(mode="flf2v", still_quality=70, frames=33 * 3),
     dict(precision=1),
     dict(mode="i2v", still_quality=60, residual=1, frames=40, M_tail=8, tail_frames=2, precision=1),
+    dict(mode="i2v", still_quality=0, still_lossless=1, residual=1, residual_bits=16, frames=40),
+    dict(mode="flf2v", still_quality=0, still_lossless=1, frames=40, residual_bits=4),
+    dict(text_len=226), dict(text_len=1), dict(text_len=4096),
+    dict(steps=3, tail_steps=0),                                       # the last step carries no bits anyway
 ]
 
 
@@ -345,6 +352,17 @@ def test_round_trip_random():
             model_fingerprint=rng.getrandbits(32), width=rng.randint(1, 4096), height=rng.randint(1, 4096),
             prompt="".join(rng.choice("ab \u00e9\u4e2d\U0001F600") for _ in range(rng.randint(0, 50))))
         check_round_trip(header, random_gops(header, rng))
+
+
+def test_last_step_never_carries_symbols():
+    """SdeSteps = min(steps - tail_steps, steps - 1): with --tail-steps 0 the step onto t = 0 is still an ODE step."""
+    for steps, tail, sde in [(4, 0, 3), (4, 1, 3), (4, 2, 2), (1, 0, 0), (20, 3, 17), (20, 0, 19)]:
+        header = make_header(steps=steps, tail_steps=tail)
+        assert bs.sde_steps(header) == sde
+        assert bs.codebook_bits(header, 2)[1] == sde * 2 * header.M      # sign bits: one per atom and step
+        gops = random_gops(header, random.Random(steps))
+        assert all(len(g.symbols) == sde for g in gops)
+        check_round_trip(header, gops)
 
 
 def test_writer_rejects_invalid_input():
@@ -390,6 +408,8 @@ def test_writer_rejects_invalid_input():
     dict(tail_frames=10, M_tail=5), dict(generator=0), dict(fps_num=0), dict(fps_den=1 << 32),
     dict(seed=-1), dict(seed=1 << 32), dict(shift_q=0), dict(g_scale_q=10 ** 6 + 1), dict(still_quality=50),
     dict(mode="i2v", still_quality=101), dict(residual=2), dict(M=4.0), dict(model_fingerprint=1 << 32),
+    dict(text_len=0), dict(text_len=4097), dict(residual_bits=0), dict(residual_bits=12), dict(still_lossless=1),
+    dict(mode="i2v", still_quality=50, still_lossless=1), dict(mode="i2v", still_lossless=2),
 ])
 def test_header_limits_on_write(changes):
     with pytest.raises(BitstreamError) as err:
@@ -401,36 +421,49 @@ def test_header_limits_on_write(changes):
 # Tail residual blob
 # --------------------------------------------------------------------------------------------------
 
-def test_residual_round_trip():
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_residual_round_trip(bits):
     rng = random.Random(6)
     scales = [rng.random() * 4 for _ in range(16)]
-    q = bytes(rng.randrange(256) for _ in range(16 * 6 * 8))
-    blob = bs.pack_residual(scales, q)
-    got_scales, got_q = bs.unpack_residual(blob, 16, len(q))
+    n = 16 * 6 * 8
+    width = bs.value_bytes(bits)
+    q = bytes(rng.randrange(16 if bits == 4 else 256) for _ in range(n * width))
+    blob = bs.pack_residual(scales, q, bits)
+    got_scales, got_q = bs.unpack_residual(blob, 16, n, bits)
     assert got_q == q
     assert got_scales == list(struct.unpack("<16f", struct.pack("<16f", *scales)))   # float32-rounded
-    # The layout of section 6: zlib of 16 little-endian float32 scales, then the int8 values.
-    assert zlib.decompress(blob) == struct.pack("<16f", *scales) + q
-    assert bs.unpack_residual(bs.pack_residual([0.0] * 16, b""), 16, 0) == ([0.0] * 16, b"")
+    # The layout of section 6: 16 little-endian float32 scales, then zlib (level 9) of the stored values.
+    assert blob[:64] == struct.pack("<16f", *scales) and zlib.decompress(blob[64:]) == q
+    assert blob[64:] == zlib.compress(q, 9)
+    assert bs.unpack_residual(bs.pack_residual([0.0] * 16, b"", bits), 16, 0, bits) == ([0.0] * 16, b"")
 
 
 def test_residual_rejections():
     q = bytes(range(64))
-    blob = bs.pack_residual([1.0] * 4, q)
-    nan_blob = zlib.compress(b"\x00\x00\xc0\x7f" + b"\x00" * 12 + q)          # scale 0 is a float32 NaN
-    neg_blob = zlib.compress(b"\x00\x00\x80\xbf" + b"\x00" * 12 + q)          # scale 0 is -1.0
+    blob = bs.pack_residual([1.0] * 4, q, 8)
+    nan_blob = b"\x00\x00\xc0\x7f" + b"\x00" * 12 + zlib.compress(q)          # scale 0 is a float32 NaN
+    neg_blob = b"\x00\x00\x80\xbf" + b"\x00" * 12 + zlib.compress(q)          # scale 0 is -1.0
     cases = [
-        (blob, 4, 63), (blob, 4, 65), (blob, 3, 64), (blob[:-1], 4, 64), (blob + b"\x00", 4, 64),
-        (blob + blob, 4, 64), (b"not zlib at all", 4, 64), (b"", 4, 64), (nan_blob, 4, 64), (neg_blob, 4, 64),
-        (blob, 0, 64), (blob, 65, 64), (blob, 4, (1 << 22) + 1), (b"\x00" * ((1 << 24) + 1), 4, 64),
+        (blob, 4, 63, 8), (blob, 4, 65, 8), (blob, 3, 64, 8), (blob[:-1], 4, 64, 8), (blob + b"\x00", 4, 64, 8),
+        (blob + blob[16:], 4, 64, 8), (b"\x00" * 16 + b"not zlib at all", 4, 64, 8), (b"", 4, 64, 8),
+        (blob[:16], 4, 64, 8), (nan_blob, 4, 64, 8), (neg_blob, 4, 64, 8), (blob, 0, 64, 8), (blob, 65, 64, 8),
+        (blob, 4, (1 << 22) + 1, 8), (b"\x00" * ((1 << 24) + 1), 4, 64, 8),
+        (blob, 4, 64, 4),                                  # values 16..63 are not 4-bit values
+        (blob, 4, 64, 16),                                 # 64 bytes are 32 16-bit values, not 64
+        (blob, 4, 64, 12),                                 # not a residual_bits value
     ]
-    for data, n_channels, n_values in cases:
+    for data, n_channels, n_values, bits in cases:
         with pytest.raises(BitstreamError) as err:
-            bs.unpack_residual(data, n_channels, n_values)
+            bs.unpack_residual(data, n_channels, n_values, bits)
         assert "\n" not in str(err.value)
+    assert bs.unpack_residual(blob, 4, 32, 16)[1] == q                  # the same bytes as 32 16-bit values
     for scales in ([float("nan")], [float("inf")], [-1.0], [1e39], []):
         with pytest.raises(BitstreamError):
-            bs.pack_residual(scales, b"\x00" * len(scales))
+            bs.pack_residual(scales, b"\x00" * len(scales), 8)
+    with pytest.raises(BitstreamError, match="4-bit"):
+        bs.pack_residual([1.0], b"\x10", 4)
+    with pytest.raises(BitstreamError, match="whole"):
+        bs.pack_residual([1.0], b"\x10", 16)
 
 
 def test_residual_bomb_is_bounded():
@@ -438,7 +471,7 @@ def test_residual_bomb_is_bounded():
     tracemalloc.start()
     try:
         with pytest.raises(BitstreamError):
-            bs.unpack_residual(bomb, 16, 16 * 64 * 64)
+            bs.unpack_residual(b"\x00" * 64 + bomb, 16, 16 * 64 * 64, 8)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -452,9 +485,9 @@ def test_residual_bomb_is_bounded():
 def refix_crcs(data):
     """Recompute header_crc and every gop_crc that the (possibly damaged) framing lets us find."""
     b = bytearray(data)
-    if len(b) < 64:
+    if len(b) < 68:
         return bytes(b)
-    end = 64 + b[57] + int.from_bytes(b[58:60], "big")       # model_len and prompt_len (section 4)
+    end = 68 + b[57] + int.from_bytes(b[58:60], "big")       # model_len and prompt_len (section 4)
     if len(b) < end + 4:
         return bytes(b)
     b[end:end + 4] = zlib.crc32(b[:end]).to_bytes(4, "big")
@@ -513,7 +546,7 @@ def test_corruption_fuzz():
                     b[rng.randrange(len(b))] = rng.randrange(256)
                 damaged.append(bytes(b))
                 damaged.append(refix_crcs(b))                                    # ... past the CRCs
-            damaged += [base + b"\x00", base + base, b"", b"GVC", b"RIFF" + base[4:], base[:4] + b"\x02" + base[5:]]
+            damaged += [base + b"\x00", base + base, b"", b"GVC", b"RIFF" + base[4:], base[:4] + b"\x01" + base[5:]]
             for data in damaged:
                 outcome, peak = parse_bounded(data)
                 assert peak < FUZZ_MEMORY_LIMIT, (outcome, peak)
@@ -531,12 +564,13 @@ def test_corruption_fuzz():
 
 # Forged fields with a valid header_crc: (offset, size, value, expected words in the error).
 FORGED_HEADER_FIELDS = [
-    (5, 1, 3, "unknown mode"), (6, 1, 0x81, "reserved"), (6, 1, 0x01, "reserved"), (6, 1, 0x20, "reserved"), (7, 1, 101, "still_quality"),
+    (5, 1, 3, "unknown mode"), (6, 1, 0x81, "reserved"), (6, 1, 0x01, "reserved"), (6, 1, 0x10, "reserved"), (6, 1, 0xA0, "still_quality"), (7, 1, 101, "still_quality"),
     (12, 2, 0, "generator"), (18, 2, 0xFFFF, "width"), (20, 2, 0, "height"), (22, 2, 0xFFFF, "gop_frames"),
     (24, 4, 0xFFFFFFFF, "frames"), (24, 4, 1 << 18, "truncated"), (36, 2, 0xFFFF, "steps"),
     (38, 2, 3, "tail_steps"), (48, 4, 0xFFFFFFFF, "K"), (52, 2, 0xFFFF, "M"), (54, 2, 0, "M_tail"),
     (56, 1, 0xFF, "tail_frames"), (57, 1, 0xFF, "model_len"), (58, 2, 0xFFFF, "prompt_len"),
-    (58, 2, 16384, "truncated"), (64, 1, 0x20, "model name"), (72, 2, 0xC328, "UTF-8"),
+    (58, 2, 16384, "truncated"), (64, 2, 0, "text_len"), (64, 2, 4097, "text_len"), (66, 1, 7, "residual_bits"),
+    (66, 1, 0, "residual_bits"), (67, 1, 1, "reserved"), (68, 1, 0x20, "model name"), (76, 2, 0xC328, "UTF-8"),
 ]
 
 
@@ -544,7 +578,7 @@ FORGED_HEADER_FIELDS = [
 def test_forged_header_fields(offset, size, value, words):
     b = bytearray(TINY_STREAM)
     b[offset:offset + size] = value.to_bytes(size, "big")
-    data = refix_crcs(b) if offset < 57 or offset >= 64 else bytes(b)     # forged lengths move the CRC itself
+    data = refix_crcs(b) if offset < 57 or offset >= 60 else bytes(b)     # forged lengths move the CRC itself
     tracemalloc.start()
     try:
         with pytest.raises(BitstreamError, match=words) as err:
@@ -586,7 +620,9 @@ def test_error_messages():
         return message
 
     assert "bad magic" in error(b"\x1aE\xdf\xa3" + TINY_STREAM[4:])
-    assert "version 2" in error(TINY_STREAM[:4] + b"\x02" + TINY_STREAM[5:])
+    assert "version 3" in error(TINY_STREAM[:4] + b"\x03" + TINY_STREAM[5:])
+    v1 = error(TINY_STREAM[:4] + b"\x01" + TINY_STREAM[5:])
+    assert "version 1" in v1 and "older gvcc" in v1 and "re-encode" in v1
     assert "truncated" in error(TINY_STREAM[:40]) and "offset 0" in error(TINY_STREAM[:40])
     last = bytearray(TINY_STREAM)
     last[-6] ^= 0x01                                   # inside GOP 1's codebook

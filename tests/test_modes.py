@@ -33,7 +33,7 @@ from golden_cases import gvcc_cli, synthetic_clip
 
 REL_Y = 1e-5       # max |a - b| / max |b|: y latent vs diffusers' VAE (same math, other op order; measured ~4e-7)
 REL_CLIP = 1e-5    # max |a - b| / max |b|: CLIP features vs transformers CLIPVisionModel (measured ~1e-7)
-WIDTH, HEIGHT, FRAMES = 40, 24, 18      # padded to 48x32; 18 frames = GOPs 0-8, 8-16, 16-17 (short, padded to 5)
+WIDTH, HEIGHT, FRAMES = 40, 24, 18      # latent 3x5, padded to 4x6; 18 frames = GOPs 0-8, 8-16, 16-17 (short, padded to 5)
 COMMON = ["-K", "64", "-M", "4", "--steps", "4", "--tail-steps", "1", "--gop", "9", "--seed", "7", "--quiet"]
 MODE_ARGS = {
     "i2v": ["--mode", "i2v", "--model", "tiny-i2v", "--m-tail", "8", "--still-quality", "50"],
@@ -93,8 +93,8 @@ def read(path):
 
 
 def padded(frame):
-    """uint8 [HEIGHT, WIDTH, 3] -> [32, 48, 3], replicate-padded as gvcc pads."""
-    return gvcc.pad_frames(frame[None], 1, 32, 48)[0]
+    """uint8 [HEIGHT, WIDTH, 3] at gvcc.pixel_size: 40x24 are multiples of 8 already, so unchanged."""
+    return gvcc.pad_frames(frame[None], 1, HEIGHT, WIDTH)[0]
 
 
 # ==================================================================================================
@@ -155,17 +155,20 @@ def test_conditioning_matches_diffusers_pipeline(codecs, pipeline, mode, n_padde
     first, last = padded(frames[0]), padded(frames[-1]) if mode == "flf2v" else None
     y, clip_fea = gvcc.conditioning(codecs[mode], n_padded, first, last, crop=(WIDTH, HEIGHT))
 
-    # The pipeline's own image preprocessing (PIL -> [-1, 1]) at the padded size, then its prepare_latents:
+    # The pipeline's own image preprocessing (PIL -> [-1, 1]) at the working size, then its prepare_latents:
     # VAE latent of [image, zeros] / [first, zeros, last], normalised with the VAE config's latents_mean/std,
-    # behind the 4-channel mask.
+    # behind the 4-channel mask. gvcc then replicate-pads y to even latent height and width (3x5 -> 4x6), mask
+    # and all, as the authors' wrapper pads it for the DiT's 2x2 patches.
     def prep(frame):
-        return pipeline.video_processor.preprocess(Image.fromarray(frame), height=32, width=48)   # [1, 3, 32, 48]
+        return pipeline.video_processor.preprocess(Image.fromarray(frame), height=HEIGHT, width=WIDTH)
     with torch.no_grad():
         _, ref = pipeline.prepare_latents(
-            prep(first), 1, 16, 32, 48, n_padded, torch.float32, "cpu", torch.Generator().manual_seed(0),
+            prep(first), 1, 16, HEIGHT, WIDTH, n_padded, torch.float32, "cpu", torch.Generator().manual_seed(0),
             last_image=prep(last) if last is not None else None)
     n_lat = (n_padded - 1) // 4 + 1
-    assert y.shape == ref.shape[1:] == (20, n_lat, 4, 6)
+    assert ref.shape[1:] == (20, n_lat, 3, 5) and y.shape == (20, n_lat, 4, 6)
+    assert torch.equal(y[:, :, 3], y[:, :, 2]) and torch.equal(y[..., 5], y[..., 4])     # replicated row, column
+    ref = torch.nn.functional.pad(ref, (0, 1, 0, 1, 0, 0), mode="replicate")
     assert torch.equal(y[:4], ref[0, :4])                                  # mask: exact
     assert y[:4, 0].eq(1).all() and y[:4, 1:-1].eq(0).all()
     assert y[:4, -1, 0, 0].tolist() == ([0, 0, 0, 1] if mode == "flf2v" else [0, 0, 0, 0])
@@ -251,6 +254,8 @@ def test_chaining_encoder_and_decoder_agree(codecs, streams, clip, monkeypatch, 
         assert (el is None and dl is None) or np.array_equal(el, dl), f"GOP {g}: last frame differs"
         assert torch.equal(enc["sampled"][g], dec["sampled"][g]) and torch.equal(enc["to_vae"][g], dec["to_vae"][g])
 
+    # the VAE decodes the latent with the DiT's padding cropped off: 3x5, not 4x6
+    assert all(latent.shape[2:] == (3, 5) for latent in dec["to_vae"])
     # the output keeps each shared boundary frame once: frame k comes from GOP max(0, (k - 1) // 8), so GOP g > 0
     # contributes its frames 1..n_frames-1 (bitstream.py section 7)
     gop_pixels = [gvcc.to_pixels(vae_decode(codec.vae, codec.vae_cfg, latent)) for latent in dec["to_vae"]]
@@ -284,20 +289,21 @@ def test_chaining_encoder_and_decoder_agree(codecs, streams, clip, monkeypatch, 
 
     # the tail residual: only the last latent frame changes, by the dequantised blob, on both sides alike
     for g, info in enumerate(layout):
-        sampled, final = dec["sampled"][g], dec["to_vae"][g]
+        sampled, final = dec["sampled"][g], dec["to_vae"][g]                   # [16, F, 4, 6], [16, F, 3, 5]
         if mode == "flf2v":
-            assert gops2[g].residual == b"" and torch.equal(sampled, final)
+            assert gops2[g].residual == b"" and torch.equal(sampled[..., :3, :5], final)
             continue
-        dq = gvcc.dequantise_residual(gops2[g].residual, (16, 4, 6), "cpu")
-        assert torch.equal(final[:, :-1], sampled[:, :-1])
-        assert torch.equal(final[:, -1], sampled[:, -1] + dq) and dq.abs().max() > 0
-        # and it brings that frame within half a quantisation step of the encoder's target latent
-        src = gvcc.pad_frames(frames[info.first_frame:info.first_frame + info.n_frames], info.n_padded, 32, 48)
-        x0 = vae.encode(codec.vae, codec.vae_cfg, gvcc.to_model(src))[:, -1]        # [16, 4, 6]
-        scales, _ = bitstream.unpack_residual(gops2[g].residual, 16, 16 * 4 * 6)
-        half_step = torch.tensor(scales)[:, None, None] / 254
-        assert ((x0 - final[:, -1]).abs() <= half_step * (1 + 1e-4) + 1e-6).all()
-        assert (x0 - sampled[:, -1]).abs().max() > 10 * (x0 - final[:, -1]).abs().max()
+        dq = gvcc.dequantise_residual(gops2[g].residual, (16, 4, 6), 8, "cpu")   # over the padded latent frame
+        assert torch.equal(final[:, :-1], sampled[:, :-1, :3, :5])
+        assert torch.equal(final[:, -1], (sampled[:, -1] + dq)[:, :3, :5]) and dq.abs().max() > 0
+        # and it brings that frame within half a quantisation step (m / 255) of the encoder's target latent
+        src = gvcc.pad_frames(frames[info.first_frame:info.first_frame + info.n_frames], info.n_padded, 24, 40)
+        x0 = gvcc.pad_latent(vae.encode(codec.vae, codec.vae_cfg, gvcc.to_model(src)), 4, 6)[:, -1]   # [16, 4, 6]
+        scales, _ = bitstream.unpack_residual(gops2[g].residual, 16, 16 * 4 * 6, 8)
+        half_step = torch.tensor(scales)[:, None, None] / 255
+        err = (x0 - (sampled[:, -1] + dq)).abs()
+        assert (err <= half_step * (1 + 1e-4) + 1e-6).all()
+        assert (x0 - sampled[:, -1]).abs().max() > 10 * err.max()
 
 
 def header(mode, n, width=16, height=8):

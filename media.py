@@ -21,6 +21,10 @@ chroma_sample_location=center in .mp4; odd sizes repeat the last row/column). It
 interpolation at the siting the input declares: centre for .yuv, C420 and C420jpeg; horizontally co-sited for
 C420mpeg2, C422 and video files tagged `left` or untagged (the H.264 default); co-sited both ways for C420paldv
 and `topleft` (paldv's distinct Cb/Cr lines are not modelled). Edges repeat the outermost chroma sample.
+The GVCC authors' conversion of UVG (`yuv420_to_rgb_opencv`, for reproducing their ground truth, never a
+default): chroma upsampled by OpenCV's `cv2.resize(INTER_LINEAR)` and `cv2.COLOR_YUV2RGB`, OpenCV's analog-YUV
+matrix in 14-bit fixed point (R = Y + 1.140 V', G = Y - 0.395 U' - 0.581 V', B = Y + 2.032 U', U' = U - 128, no
+range expansion), both bit-exact in integer numpy (checked against opencv-python-headless in the tests).
 
 ## File formats
 | extension | read | write |
@@ -227,6 +231,43 @@ def rgb_to_yuv(rgb, *, limited=False, sub=(2, 2)):
     u = q(chroma_downsample(pb, *sub) * cs + 128.0)
     v = q(chroma_downsample(pr, *sub) * cs + 128.0)
     return y, u, v
+
+
+def _upsample2_opencv(c):
+    """uint8 [h, w] -> [2h, 2w] as cv2.resize(c, (2w, 2h), interpolation=cv2.INTER_LINEAR) computes it.
+
+    Source position (x + 0.5) / 2 - 0.5, i.e. weights 3/4, 1/4 in quarters. Horizontally the position is clamped
+    to the edge samples; vertically OpenCV keeps the unclamped weights and clamps only the row index. Its
+    fixed point: the horizontal pass gives S = 2048 * (a w0 + b w1) / 4 exactly; the vertical pass computes
+    ((S0 >> 4) b0 >> 16) + ((S1 >> 4) b1 >> 16), rounded by (+2) >> 2, with b = 2048 * weight (its SIMD path).
+    """
+    h, w = c.shape
+    c = c.astype(np.int64)
+    x = np.arange(2 * w)
+    p = np.clip(2 * x - 1, 0, 4 * (w - 1))                          # 4 * source column, clamped
+    i0, f = p // 4, p % 4
+    i1 = np.minimum(i0 + 1, w - 1)
+    s = (c[:, i0] * (4 - f) + c[:, i1] * f) * 512                   # [h, 2w] S, weights scaled by 2048
+    y = np.arange(2 * h)
+    q = 2 * y - 1                                                   # 4 * source row, not clamped
+    r0 = np.floor_divide(q, 4)
+    g = q - 4 * r0
+    b0, b1 = ((4 - g) * 512)[:, None], (g * 512)[:, None]            # [2h, 1]
+    r1, r0 = np.clip(r0 + 1, 0, h - 1), np.clip(r0, 0, h - 1)
+    t = (((s[r0] >> 4) * b0) >> 16) + (((s[r1] >> 4) * b1) >> 16)   # [2h, 2w]
+    return np.clip((t + 2) >> 2, 0, 255)
+
+
+def yuv420_to_rgb_opencv(y, u, v):
+    """8-bit I420 planes Y [H, W], U, V [H/2, W/2] -> uint8 RGB [H, W, 3], exactly as the GVCC authors convert
+    UVG: cv2.resize of U and V (INTER_LINEAR) to [H, W], then cv2.cvtColor(COLOR_YUV2RGB)."""
+    yy = y.astype(np.int64)
+    du, dv = _upsample2_opencv(u) - 128, _upsample2_opencv(v) - 128  # [H, W] each
+    descale = lambda x: (x + (1 << 13)) >> 14                        # OpenCV's CV_DESCALE by yuv_shift 14
+    r = yy + descale(dv * 18678)                                     # 1.140 * 2^14
+    g = yy + descale(du * -6472 + dv * -9519)                        # -0.395, -0.581
+    b = yy + descale(du * 33292)                                     # 2.032
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
 # ==================================================================================================

@@ -14,50 +14,86 @@ decoder replays the same steps with the same atoms. Nothing is trained; the rate
 Shape letters (used in `# [...]` comments throughout)
 -----------------------------------------------------
     C   latent channels (16)              F   latent frames in a GOP (F = (T_pix - 1) / 4 + 1)
-    h,w latent height, width (H/8, W/8)   D   size of one latent frame, C * h * w
-    T_pix  pixel frames in a GOP (4k+1)   H,W padded pixel height, width (multiples of 16)
+    h,w latent height, width as the DiT sees them: H/8, W/8 rounded up to even (2x2 patches)
+    h0,w0  the VAE's latent, H/8, W/8     D   size of one latent frame, C * h * w
+    T_pix  pixel frames in a GOP (4k+1)   H,W pixel height, width the VAE sees (working size up to multiples of 8)
     K   atoms in one codebook             M   atoms selected per (step, frame)
     A   atoms in one generated chunk      N   frames of a whole clip
     n4  Philox counters (4 outputs each)
 
 Pipeline (one GOP, T2V)
 -----------------------
-    pixels [3, T_pix, H, W] in [-1, 1]  --VAE encode, normalise-->  x0 [C, F, h, w]
+    pixels [3, T_pix, H, W] in [-1, 1]  --VAE encode, normalise-->  [C, F, h0, w0]  --replicate-pad-->  x0 [C, F, h, w]
     x = x_T [C, F, h, w]                                       (portable generator, stream 0)
     for k in 0..T-1, t = t_k, dt = t_k - t_{k+1}:
         u      = DiT(x, 1000 t, text)                          velocity, u ~ eps - x0
         x0_hat = x - t u ;  eps_hat = x + (1 - t) u ;  score = -eps_hat / t
-        if k < T_sde = T - N_tail:                             SDE step with a codebook innovation
+        if k < T_sde = min(T - N_tail, T - 1):                 SDE step with a codebook innovation
             for every latent frame f:
                 r      = x0[:, f] - x0_hat[:, f]               (encoder only)      [D]
                 S, s   = top-M |<a_i, r>| over atoms a_0..a_{K-1} of codebook (seed, k, f)
                 z_f    = sum_{i in S} s_i a_i ;  z_f = z_f / std(z_f)   (unbiased std)
             g = g_scale t^2 ;  f = u - (g^2 / 2) score
             x = x - f dt + g sqrt(dt) z
-        else:                                                  ODE tail, no bits
+        else:                                                  ODE tail, no bits; the last step always
             x = x - u dt
-    pixels_hat = VAE decode(de-normalise(x)), clamped to [-1, 1]
+    pixels_hat = VAE decode(de-normalise(x[:, :, :h0, :w0])), clamped to [-1, 1], cropped to the working size
+The text context is the UMT5 output of the prompt (cut to text_len - 1 tokens plus EOS), zero-padded to text_len
+rows (a header field: 512 as upstream Wan, 226 as the authors' T2V runs); the DiT's cross-attention does not mask
+the padding, so text_len changes every velocity. The shift is 3 for T2V; for I2V and FLF2V 3 when the working
+height is at most 480 rows, else 5 (the authors' rule).
 
 Modes
 -----
     t2v    Text prompt only (default empty, carried in the header). GOPs do not overlap; each starts from the
            same x_T. Only codebook symbols are sent.
     i2v    Wan2.1 I2V. GOP g covers source frames [32g, 32g+32] (for 33-frame GOPs) and is conditioned on its
-           frame 0: in GOP 0 the first source frame as decoded from an AVIF still sent in the stream, in later
+           frame 0: in GOP 0 the first source frame as decoded from a still sent in the stream (AVIF, or a
+           lossless PNG with `--still-quality lossless`, the authors' ground-truth first frame), in later
            GOPs the previous GOP's decoded last frame (closed loop: the encoder conditions on exactly what the
            decoder will have). Conditioning: CLIP features of the reference and
                y [20, F, h, w] = concat(mask [4, F, h, w], VAE(reference, zero frames) [16, F, h, w])
-           with the mask 1 on pixel frame 0 (repeated 4x, so it fills latent frame 0). The DiT sees
-           concat(x, y) [36, F, h, w]. The last 2 latent frames get M_tail atoms (128 by default). After
-           sampling, the residual of the last latent frame, x0[:, F-1] - x[:, F-1], is quantised per channel to
-           8 bits (q = round(127 r / max|r_c|)), zlib-compressed and sent; both sides add q max|r_c| / 127
-           before VAE decoding. The output keeps the shared frame once.
+           with the mask 1 on pixel frame 0 (repeated 4x, so it fills latent frame 0), computed at h0 x w0 and
+           replicate-padded to h x w, mask and all. The DiT sees concat(x, y) [36, F, h, w]. The last 2 latent
+           frames get M_tail atoms (128 by default). After sampling, the residual of the last latent frame,
+           r = x0[:, F-1] - x[:, F-1] [C, h, w], is quantised per channel with the authors' quantiser:
+           m_c = max(max |r_c|, 1e-6), q = round((r / m_c + 1) L / 2) with L = 2^b - 1, b = 8 (4 and 16 with
+           `--residual-bits`; 0 sends none), zlib level 9; both sides add (2 q / L - 1) m_c before the crop
+           and the VAE decode (bitstream.py section 6). The output keeps the shared frame once.
     flf2v  Wan2.1 FLF2V. Same GOP grid; GOP g is conditioned on its first and last frames, both decoded AVIF
            stills, and the boundary still is shared by the two GOPs that touch it (N GOPs send N+1 stills).
            y as above from VAE(first, zero frames, last), mask 1 on the first and last pixel frames; CLIP
            features of both frames.
 The short last GOP of a clip is padded by repeating its last frame up to the next 4k+1 frames, and the decoder
-drops the padding; width and height are padded (replicate) to multiples of 16 and cropped back.
+drops the padding. Spatially, as the authors do it: the pixels are replicate-padded only to multiples of 8 where
+the working size needs it (1080 rows stay 1080), the VAE latent is replicate-padded to even height and width for
+the DiT (135 -> 136 rows), and the latent is cropped back before the VAE decodes.
+
+The authors' runs, and where gvcc differs on purpose
+---------------------------------------------------
+gvcc follows the authors' released code (CCdydy/GVCC at 607d822, sde_rf_wan/ and exp_*/) in the latent padding,
+the shift rule, the tail residual quantiser, the final ODE step and (with --text-len 226) the T2V text context.
+What remains different, kept as gvcc decisions, and which of gvcc's outputs differ because of it:
+- Rounding: gvcc rounds decoded pixels to nearest; the authors truncate ((x * 255).astype(uint8)), a -0.5 LSB
+  bias. Different: decoded pixels (by one level where the fraction is >= 0.5; a few hundredths of a dB of PSNR
+  at these rates) and, in I2V, the reference frame of every later GOP, so the chained GOPs' latents too.
+- Colour of raw .yuv input: gvcc reads .yuv as BT.709 (full range by default); the authors convert UVG with
+  OpenCV's linear chroma resize and COLOR_YUV2RGB (an analog-YUV matrix without range expansion). Different:
+  the RGB frames gvcc codes from a .yuv, hence its streams, reconstructions and metrics against that RGB.
+  bench/paper.py uses the authors' conversion (media.yuv420_to_rgb_opencv) to reproduce their ground truth.
+- Counted first frame and headers: gvcc codes the I2V first frame as a still and counts every header and
+  framing byte, and the tail residual's 16 float32 scales. Different: gvcc's file size and bpp (higher);
+  `gvcc.py info` and bench/paper.py also print the authors' count (codebook with M, not M_tail; residual zlib
+  bytes; boundary stills; first frame and headers free).
+- Portable generator: x_T and the codebook atoms come from Philox4x32-10 (below), not torch's CUDA generator.
+  Different: the atoms and noise, so every symbol, latent and pixel (statistically equivalent, not equal).
+- Time grid in float64 from the header's integers, the timestep given to the DiT unrounded (the authors compute
+  the grid in float32 with torch.linspace and round 1000 t to bf16). Different: the velocities slightly, hence
+  the latents and pixels.
+- I2V GOPs share their boundary frame as FLF2V's do ([32g, 32g+32]); the authors code [33g, 33g+33) while
+  conditioning on frame 33g-1. Different: which frames each I2V GOP codes, and the I2V frame count per clip.
+- FLF2V boundary stills: AVIF (or lossless PNG), not CompressAI cheng2020-attn. Different: the boundary bytes
+  and quality (bench/paper.py sweeps the AVIF quality to bracket the paper's).
 
 Precision
 ---------

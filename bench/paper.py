@@ -228,7 +228,7 @@ def table2(runs, out):
     print(f"{'method':<34}" + "".join(f"{t:>{width}}" for t in TIERS), file=out)
     for name, cells in TABLE2_BASELINES.items():
         print(f"{name:<34}" + "".join(f"{f'{p:.1f} / {l:.3f}':>{width}}" for p, l in cells), file=out)
-    for mode in MODES:
+    for mode in sorted(MODES, key=lambda m: TABLE2_GVCC[m][0]):
         tier, p, l, bpp = TABLE2_GVCC[mode]
         cells = [""] * 3
         cells[tier] = f"{p:.1f} / {l:.3f} at {bpp:g}"

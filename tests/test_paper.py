@@ -302,3 +302,29 @@ def test_eval_and_decode_on_the_runners_output(run, tiny_weights, tmp_path):
     out = str(tmp_path / "dec")
     gvcc_cli("decode", os.path.join(t2v, "stream.gvcc"), out, "--weights", tiny_weights, "--quiet")
     assert np.array_equal(media.read_video(out).frames, media.read_video(os.path.join(t2v, "recon")).frames)
+
+
+def test_info_prints_the_authors_count(run):
+    _, summary, _ = run
+    for r in summary["runs"][:3]:
+        s = r["sequences"][0]
+        out = gvcc_cli("info", s["stream"]).stdout
+        line = next(x for x in out.splitlines() if x.startswith("paper accounting"))
+        assert f": {s['paper_bits']} bits = {s['paper_bpp']:.5f} bpp" in line
+        rows = [x.split() for x in out.splitlines() if x.strip()[:1].isdigit() and "-" in x.split()[1]]
+        assert [int(x[8]) for x in rows] == [g["paper_bits"] for g in s["per_gop"]]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--model", "tiny-t2v", "--residual-bits", "4"], "--residual-bits applies to i2v only"),
+    (["--model", "tiny-t2v", "--still-quality", "lossless"], "applies to i2v and flf2v"),
+    (["--model", "tiny-i2v", "--still-quality", "best"], "'best' is not a quality"),
+    (["--model", "tiny-t2v", "--text-len", "0"], "text_len"),
+])
+def test_encode_refuses_bad_conventions(uvg, tiny_weights, tmp_path, args, words):
+    clip = str(tmp_path / "c.y4m")
+    media.write_video(clip, synthetic_clip(5, 16, 8), Fraction(16, 1))
+    out = str(tmp_path / "o.gvcc")
+    res = gvcc_cli("encode", clip, out, "--weights", tiny_weights, *args, check=False)
+    assert res.returncode != 0 and words in res.stderr and "Traceback" not in res.stderr
+    assert not os.path.exists(out)

@@ -102,7 +102,7 @@ STAGES = {
     "gaussian": ("gaussian(seed 7, stream 1, step 2, frame 1, atoms 0, 5, 63, 16 elements): [3, 16]", "exact"),
     "time_grid": ("time_grid(steps 5, shift 3): [6] float64", "exact"),
     "x_T": ("initial latent of the golden t2v GOP 0: [16, 3, 4, 6] float32", "exact"),
-    "x0": ("VAE-encoded, normalised latent of GOP 0's padded frames: [16, 3, 4, 6]", "rel 1e-5"),
+    "x0": ("VAE-encoded, normalised latent of GOP 0's frames, replicate-padded to even size: [16, 3, 4, 6]", "rel 1e-5"),
     "context": ("UMT5 output for the golden prompt, trimmed: [L, 32]", "rel 1e-5"),
     "velocity_0": ("DiT velocity at x_T, t = 1 (timestep 1000): [16, 3, 4, 6]", "rel 1e-4"),
     "symbols": ("GOP 0 symbols: [SDE steps, latent frames, M] atom indices and signs (2 planes)", "platform"),
@@ -136,13 +136,14 @@ def conformance_stages(weights, workdir):
     out["time_grid"] = torch.tensor(gvcc.time_grid(5, 3.0), dtype=torch.float64)
 
     spec = gvcc.MODELS[hdr.model]
-    codec = gvcc.load_codec(spec, weights, hdr.prompt, "cpu", "fp32")
+    codec = gvcc.load_codec(spec, weights, hdr.prompt, "cpu", "fp32", hdr.text_len)
     info = bitstream.gop_layout(hdr)[0]
-    pw, ph = gvcc.padded_size(hdr.width, hdr.height)
-    shape = (16, info.latent_frames, ph // 8, pw // 8)
+    pw, ph = gvcc.pixel_size(hdr.width, hdr.height)
+    lh, lw = gvcc.latent_size(hdr.width, hdr.height)
+    shape = (16, info.latent_frames, lh, lw)
     frames = media.read_video(clip).frames
     src = gvcc.pad_frames(frames[:info.n_frames], info.n_padded, ph, pw)
-    out["x0"] = vae_mod.encode(codec.vae, codec.vae_cfg, gvcc.to_model(src))
+    out["x0"] = gvcc.pad_latent(vae_mod.encode(codec.vae, codec.vae_cfg, gvcc.to_model(src)), lh, lw)
     out["context"] = codec.context
     out["x_T"] = gvcc.initial_noise(hdr.seed, shape)
     out["velocity_0"] = wan_model.dit_forward(codec.dit, codec.dit_cfg, out["x_T"], 1000.0, codec.context)
@@ -152,7 +153,7 @@ def conformance_stages(weights, workdir):
     velocity = gvcc.make_velocity(codec)
     latent = gvcc.run_gop(velocity, gvcc.settings_of(hdr), shape, lambda j, f, _: sym[j][f])
     out["final_latent"] = latent
-    video = vae_mod.decode(codec.vae, codec.vae_cfg, latent)
+    video = vae_mod.decode(codec.vae, codec.vae_cfg, latent[:, :, :ph // 8, :pw // 8])
     out["decoded"] = torch.from_numpy(gvcc.to_pixels(video)[:info.n_frames, :hdr.height, :hdr.width].copy())
     return out
 

@@ -26,8 +26,9 @@ What it does, per sequence and mode (the authors' scripts: exp_t2v/, exp_i2v/, e
    The encoder's --recon is the decoder's output (gvcc guarantees it; tests/test_cli.py checks it).
 5. Metrics per frame (media.evaluate): PSNR on RGB in [0, 1], MS-SSIM (pytorch-msssim's), LPIPS AlexNet on
    [-1, 1] when the lpips package and its weights are present. Aggregation as the authors: the mean of each
-   GOP (a shared boundary frame counts in both GOPs), the mean of the GOPs per sequence, the mean of the
-   sequences.
+   GOP (a shared boundary frame counts in both GOPs; gvcc's output holds it once, decoded by the earlier GOP,
+   where the authors score each GOP's own decode of it), the mean of the GOPs per sequence, the mean of the
+   sequences (the authors round each GOP's PSNR to 0.01 dB and LPIPS to 1e-4 first; gvcc does not).
 6. Rates in both conventions, per sequence and then averaged over the sequences: gvcc's (the whole file,
    headers and stills included, bits / (W H frames)) and the authors' (gvcc.paper_accounting: their codebook
    count with M, their residual and boundary bytes, first frame and headers free, their per-sequence
@@ -35,7 +36,9 @@ What it does, per sequence and mode (the authors' scripts: exp_t2v/, exp_i2v/, e
 7. Output: OUT_DIR/<mode>[_q<quality>]/<sequence>/ (ground truth PNGs, stream, reconstruction), OUT_DIR/
    summary.json, and on stdout one table per run with the paper's numbers beside gvcc's, then Table 2.
 
-Memory: a 1080p sequence is held whole, ground truth and reconstruction (about 7 GiB for 577 frames).
+Memory: a 1080p sequence is held whole, ground truth and reconstruction (about 7 GiB for 577 frames). Each
+sequence is one `gvcc.py encode`, which loads the model anew (about a minute for the 14B models, small next to
+their several minutes per GOP).
 """
 import argparse
 import json

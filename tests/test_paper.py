@@ -321,7 +321,7 @@ def test_info_prints_the_authors_count(run):
     (["--model", "tiny-i2v", "--still-quality", "best"], "'best' is not a quality"),
     (["--model", "tiny-t2v", "--text-len", "0"], "text_len"),
 ])
-def test_encode_refuses_bad_conventions(uvg, tiny_weights, tmp_path, args, words):
+def test_encode_refuses_bad_conventions(tiny_weights, tmp_path, args, words):
     clip = str(tmp_path / "c.y4m")
     media.write_video(clip, synthetic_clip(5, 16, 8), Fraction(16, 1))
     out = str(tmp_path / "o.gvcc")

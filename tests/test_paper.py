@@ -5,7 +5,7 @@
    ODE step, and the padded text context length from the header.
 2. The authors' RGB conversion of UVG, bit-exact against opencv-python-headless (test-only requirement).
 3. bench/paper.py end to end on a small synthetic UVG-like folder with the tiny models, then `gvcc.py eval`
-   and `gvcc.py decode` on what it wrote. About 30 s on the shared 2-core box (one torch thread).
+   and `gvcc.py decode` on what it wrote (in this process). About 40 s on the loaded shared 2-core box.
 """
 import dataclasses
 import json
@@ -23,7 +23,7 @@ import gvcc
 import media
 import vae
 import wan_model
-from golden_cases import gvcc_cli, synthetic_clip
+from golden_cases import synthetic_clip
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import paper  # noqa: E402
@@ -283,32 +283,40 @@ def test_runner_prints_table2_with_the_papers_numbers(run):
     assert "bpp file" in printed and "bpp paper" in printed
 
 
-def test_eval_and_decode_on_the_runners_output(run, tiny_weights, tmp_path):
+def cli(capsys, *argv):
+    """`gvcc.py ARGV` in this process (the CLI's own code path, without a second torch import): (rc, stdout, stderr)."""
+    rc = gvcc.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_eval_and_decode_on_the_runners_output(run, tiny_weights, tmp_path, capsys):
     out_dir, summary, _ = run
     seq = os.path.join(out_dir, "i2v", "Beauty")
     stream, gt, recon = (os.path.join(seq, x) for x in ("stream.gvcc", "ground_truth", "recon"))
     report = str(tmp_path / "e.json")
-    gvcc_cli("eval", gt, recon, "--bitstream", stream, "--json", report)
+    assert cli(capsys, "eval", gt, recon, "--bitstream", stream, "--json", report, "--no-lpips")[0] == 0
     res = json.load(open(report))
     assert [(g["first_frame"], g["frames"]) for g in res["per_gop"]] == [(0, 5), (4, 5)]   # shared frame 4
     i2v = next(r for r in summary["runs"] if r["mode"] == "i2v")
     assert res["sequence_gop_mean"]["psnr"] == pytest.approx(i2v["sequences"][0]["psnr"])
-    gvcc_cli("eval", gt, recon, "--bitstream", stream, "--json", report, "--frames", "5", "--size", "32x24")
+    assert cli(capsys, "eval", gt, recon, "--bitstream", stream, "--json", report, "--frames", "5",
+               "--size", "32x24", "--no-lpips")[0] == 0
     res = json.load(open(report))
     assert len(res["per_frame"]) == 5 and [g["frames"] for g in res["per_gop"]] == [5, 1]
     assert res["compared_at"] == {"width": 32, "height": 24}
     # the decoder follows the header (text_len 226 of the T2V stream) and reproduces the reconstruction
     t2v = os.path.join(out_dir, "t2v", "Jockey")
     out = str(tmp_path / "dec")
-    gvcc_cli("decode", os.path.join(t2v, "stream.gvcc"), out, "--weights", tiny_weights, "--quiet")
+    assert cli(capsys, "decode", os.path.join(t2v, "stream.gvcc"), out, "--weights", tiny_weights, "--quiet")[0] == 0
     assert np.array_equal(media.read_video(out).frames, media.read_video(os.path.join(t2v, "recon")).frames)
 
 
-def test_info_prints_the_authors_count(run):
+def test_info_prints_the_authors_count(run, capsys):
     _, summary, _ = run
     for r in summary["runs"][:3]:
         s = r["sequences"][0]
-        out = gvcc_cli("info", s["stream"]).stdout
+        out = cli(capsys, "info", s["stream"])[1]
         line = next(x for x in out.splitlines() if x.startswith("paper accounting"))
         assert f": {s['paper_bits']} bits = {s['paper_bpp']:.5f} bpp" in line
         rows = [x.split() for x in out.splitlines() if x.strip()[:1].isdigit() and "-" in x.split()[1]]
@@ -321,10 +329,13 @@ def test_info_prints_the_authors_count(run):
     (["--model", "tiny-i2v", "--still-quality", "best"], "'best' is not a quality"),
     (["--model", "tiny-t2v", "--text-len", "0"], "text_len"),
 ])
-def test_encode_refuses_bad_conventions(tiny_weights, tmp_path, args, words):
+def test_encode_refuses_bad_conventions(tiny_weights, tmp_path, capsys, args, words):
     clip = str(tmp_path / "c.y4m")
     media.write_video(clip, synthetic_clip(5, 16, 8), Fraction(16, 1))
     out = str(tmp_path / "o.gvcc")
-    res = gvcc_cli("encode", clip, out, "--weights", tiny_weights, *args, check=False)
-    assert res.returncode != 0 and words in res.stderr and "Traceback" not in res.stderr
+    try:
+        rc, _, err = cli(capsys, "encode", clip, out, "--weights", tiny_weights, *args)
+    except SystemExit as exc:                                   # argparse's own errors (exit status 2)
+        rc, err = exc.code, capsys.readouterr().err
+    assert rc != 0 and words in err and "Traceback" not in err
     assert not os.path.exists(out)

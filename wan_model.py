@@ -198,14 +198,21 @@ def random_weights(shapes, seed, dtype=torch.float32):
     """Deterministic random weights for tests and the tiny model, every tensor random (none left at zero).
 
     Each tensor comes from its own CPU generator seeded by (seed, position in `shapes`), so its values do
-    not depend on which other tensors exist. Norm gains (keys ending in `gamma` or a norm's `.weight`) are
-    1 + N(0, 0.1^2); other vectors N(0, 0.1^2); matrices and kernels N(0, 1/fan_in).
+    not depend on which other tensors exist. Values are uniform with unit variance, u = sqrt(3) (2 (k + 0.5) /
+    2^24 - 1) for integers k drawn in [0, 2^24), computed in float64 and rounded once to float32: integer draws
+    and correctly rounded arithmetic give the same weights on every CPU (torch's normal_ does not: its AVX2
+    and scalar kernels round differently, which changed the tiny models, and so their fingerprint, between
+    machines). Norm gains (keys ending in `gamma` or a norm's `.weight`) are 1 + 0.1 u; other vectors 0.1 u;
+    matrices and kernels u / sqrt(fan_in).
     """
     out = {}
     for i, (key, shape) in enumerate(shapes.items()):
         gen = torch.Generator().manual_seed(seed * 100003 + i)
-        # in-place ops: same numbers as randn / division / add, without a second copy of big tensors
-        w = torch.empty(tuple(shape), dtype=torch.float32).normal_(generator=gen)
+        k = torch.randint(0, 1 << 24, tuple(shape), generator=gen, dtype=torch.int64)
+        u = k.to(torch.float64)
+        del k
+        w = u.add_(0.5).mul_(2.0 / (1 << 24)).sub_(1.0).mul_(3.0 ** 0.5).to(torch.float32)       # in place
+        del u
         leaf = key.rsplit(".", 2)
         is_norm_gain = key.endswith("gamma") or (key.endswith(".weight") and "norm" in leaf[-2])
         if is_norm_gain:
@@ -362,16 +369,32 @@ def gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
 
+# Below this many scores per head, a CPU attention takes the plain matmul-softmax-matmul path (see attention).
+SMALL_ATTENTION = 1 << 16
+
+
 def attention(q, k, v, mask=None, scale=None):
-    """Multi-head attention via torch SDPA: q [N, Lq, E], k, v [N, Lk, E] -> [Lq, N*E].
+    """Multi-head attention: q [N, Lq, E], k, v [N, Lk, E] -> [Lq, N*E].
 
     `mask` is an additive float bias [N, Lq, Lk]; `scale` defaults to 1/sqrt(E).
-    The leading batch axis of 1 matters: torch's fused CPU kernel takes 4-D inputs (and masks) only, 3-D ones
-    fall back to the math path, which materialises the scores (2.3 GB at 4680 tokens, twice the time).
+    Large problems go through torch SDPA's fused kernel. The leading batch axis of 1 matters: torch's fused CPU
+    kernel takes 4-D inputs (and masks) only, 3-D ones fall back to the math path, which materialises the scores
+    (2.3 GB at 4680 tokens, twice the time).
+    Small problems on a CPU (Lq Lk < SMALL_ATTENTION, or E < 16) are computed here as softmax(q k^T s + mask) v:
+    torch 2.13's fused CPU kernel gives different bits with different thread counts for them (every length at
+    E = 8, query lengths 1 and 2 at every E), this path gives the same bits for any thread count, and at these
+    sizes it costs nothing. Both are the same attention up to float rounding.
     """
-    mask = None if mask is None else mask[None]                                                        # [1, N, Lq, Lk]
-    out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scale)[0]  # [N, Lq, E]
-    return out.transpose(0, 1).reshape(q.shape[1], -1)                                                # [Lq, N*E]
+    n, lq, e = q.shape
+    if q.device.type == "cpu" and (lq * k.shape[1] < SMALL_ATTENTION or e < 16):
+        scores = torch.matmul(q, k.transpose(1, 2)) * (e ** -0.5 if scale is None else scale)   # [N, Lq, Lk]
+        if mask is not None:
+            scores = scores + mask                                                           # [N, Lq, Lk]
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)                                 # [N, Lq, E]
+    else:
+        mask = None if mask is None else mask[None]                                          # [1, N, Lq, Lk]
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scale)[0]  # [N, Lq, E]
+    return out.transpose(0, 1).reshape(lq, -1)                                               # [Lq, N*E]
 
 
 def split_heads(x, num_heads):

@@ -532,3 +532,24 @@ def test_tiny_weights_layouts_and_dtypes():
     a, b = wm.tiny_weights("dit", "tiny-t2v", seed=1), wm.tiny_weights("dit", "tiny-t2v", seed=1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.abs().max() > 0 for v in a.values())    # nothing left at zero (upstream zero-inits the head)
+
+
+@pytest.mark.parametrize("e,lq,lk,masked", [(8, 18, 512, False), (8, 15, 15, True), (64, 1, 77, False),
+                                            (128, 2, 257, False), (64, 15, 15, True)])
+def test_small_attention_is_thread_count_independent(e, lq, lk, masked):
+    """Small CPU attention (the tiny models, short prompts) gives the same bits with 1, 2 and 3 threads, and
+    equals torch's SDPA up to float rounding. (These shapes made the fused kernel round differently.)"""
+    g = torch.Generator().manual_seed(e + lq + lk)
+    q, k, v = (torch.randn(4, n, e, generator=g) for n in (lq, lk, lk))              # [N, L, E]
+    mask = torch.randn(4, lq, lk, generator=g) if masked else None
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            outs.append(wm.attention(q, k, v, mask))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # math reference
+    assert torch.allclose(outs[0], ref.transpose(0, 1).reshape(lq, -1), rtol=1e-5, atol=1e-6)

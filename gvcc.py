@@ -113,9 +113,11 @@ Normative parts (what a port must reproduce exactly)
 3. The symbol semantics: which atoms, which signs, at which (step, frame); the sampler equations above.
 Floating-point model arithmetic (DiT, VAE) is *not* bit-exact across machines: a stream parses identically
 everywhere, and on the same machine, device and precision the decoder reproduces the encoder's reconstruction
-bit for bit, because both run the very same code path (`run_gop`). On other hardware the pixels may drift.
-On a CPU the thread count is part of "the same machine": torch's fused attention kernel rounds differently with
-different thread counts for some sequence lengths (seen with 15 text tokens, 1 vs 2 threads).
+bit for bit, because both run the very same code path (`run_gop`). On other hardware the pixels may drift
+(bench/drift.py measures how far). The CPU thread count does not change the bits where gvcc controls it: small
+attention problems, whose fused torch kernel does depend on it, take a plain path (wan_model.attention); the
+fused kernel used for the large attention of real models was thread-count independent in a sweep of shapes, but
+torch does not promise it, so encode and decode with the same OMP_NUM_THREADS to be certain.
 
 Portable generator
 ------------------

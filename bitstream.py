@@ -162,10 +162,16 @@ Worked example, K = 5, m = 2. C(5, 2) = 10, so RankBits = 4. In order the subset
 For S = {1, 3}: position 0 skips v = 0, which adds C(4, 1) = 4, and position 1 skips v = 2, which adds C(2, 0) = 1.
 So rank = 5. With signs (+, -), the symbol is u(4) = 0101 and then the sign bits 0 1, giving the bits 010101.
 
-combination_rank and combination_unrank below compute this by walking v from 0 to K-1 once. They keep the one
-binomial the walk needs and update it with one small-integer multiply and divide per step:
-C(n-1, k) = C(n, k) (n-k) / n and C(n-1, k-1) = C(n, k) k / n. At K = 16384, M = 128 this takes milliseconds, and a
-port needs only big-integer addition, comparison, and multiplication and division by small integers.
+combination_rank below computes this by walking v from 0 to K-1 once. It keeps the one binomial the walk needs
+and updates it with one small-integer multiply and divide per step: C(n-1, k) = C(n, k) (n-k) / n and
+C(n-1, k-1) = C(n, k) k / n. At K = 16384, M = 128 this takes milliseconds, and a port needs only big-integer
+addition, comparison, and multiplication and division by small integers.
+combination_unrank inverts it with the same walk, except that a position whose walk gets long (more than
+4 k + 16 steps, with k values still to place after it) finds its value by galloping and binary search over
+    sum_{v=lo}^{x-1} C(K - 1 - v, k) = C(K - lo, k + 1) - C(K - x, k + 1),
+taking the largest x whose sum does not exceed what is left of the rank. A forged rank (say K = 65536, M = 2 and
+the largest rank) then costs O(log K) binomials instead of a walk over all K values: unranking costs at most a
+few hundred microseconds per byte of codebook on any header (bench/bench_fuzz.py measures it).
 
 
 6. Tail residual blob
@@ -217,8 +223,9 @@ t2v. That is exactly `frames` frames.
 8. Limits
 ---------
 Every size field has a maximum. The decoder checks each one before it allocates anything that depends on the
-field, so a forged header cannot make it allocate more than these limits allow.
-Memory use is linear in the stream length.
+field, so a forged header cannot make it allocate more than these limits allow. Reading a stream (open_stream)
+takes time linear in its length and keeps 8 bytes per GOP besides the stream's bytes; a GOP's symbols are
+unpacked one (step, latent frame) at a time, when the GOP is decoded.
 
     element                           limit
     --------------------------------  ---------------------------------------------------------------------
@@ -254,13 +261,18 @@ outputs nothing, when any of these checks fails:
   limits and against the bytes present.
 - mode > 2, a reserved bit or a padding bit is not zero, a field is outside its limit (section 8), model is not
   printable ASCII (0x21..0x7E), or prompt is not valid UTF-8.
-- gop_size does not match the GOP's contents, or an index_rank is >= C(K, m).
+- gop_size does not match the GOP's contents.
 - Bytes follow the last GOP.
+- An index_rank is >= C(K, m) (checked for the whole stream before any GOP is decoded, without unranking).
 - A residual blob breaks section 6 (checked when it is unpacked).
-- A still does not decode to an image of the kind still_lossless names (AVIF or 8-bit RGB PNG) of exactly
-  width x height (checked when it is decoded).
+- A still is not an image of the kind still_lossless names (AVIF, or 8-bit RGB PNG) of exactly width x height:
+  its declared size (an AVIF's ispe box, a PNG's IHDR) is checked before its pixels are decoded, so a forged
+  size costs nothing, and any failure to decode it is an error naming the GOP and the still.
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
 stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
+Resource limits are the decoder's policy, not the format's: like dav1d's frame size limit, gvcc refuses a valid
+stream whose frame size, frame count or estimated peak memory exceeds what it is allowed (`decode --max-pixels`,
+`--max-frames`, and the memory available), with an error before any work.
 
 
 10. Encoder obligations
@@ -276,6 +288,7 @@ stream made for weights or a generator it does not have. It outputs frames per s
 import math
 import struct
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
@@ -368,6 +381,10 @@ class Gop:
     stills: list = field(default_factory=list)   # bytes of each AVIF still this GOP introduces, display order
     residual: bytes = b""    # packed tail residual blob (b"" when header.residual == 0)
 
+    def symbol(self, j, f):
+        """(indices, signs) of SDE step j, latent frame f, as GopRecord.symbol gives them."""
+        return self.symbols[j][f]
+
 
 class GopInfo(NamedTuple):
     first_frame: int         # first source frame the GOP covers
@@ -441,23 +458,24 @@ def num_gops(header):
     return max(1, -(-(header.frames - 1) // (G - 1)))
 
 
+def gop_info(header, g):
+    """GopInfo of GOP g, 0 <= g < num_gops(header) (spec section 7, normative)."""
+    G = header.gop_frames
+    first = g * (G if header.mode == "t2v" else G - 1)
+    n_frames = min(G, header.frames - first)
+    n_padded = 4 * (-(-(n_frames - 1) // 4)) + 1
+    if header.mode == "t2v":
+        n_stills = 0
+    elif header.mode == "i2v":
+        n_stills = 1 if g == 0 else 0
+    else:                                                        # flf2v: first and last, then last only
+        n_stills = 2 if g == 0 else 1
+    return GopInfo(first, n_frames, n_padded, (n_padded - 1) // 4 + 1, n_stills)
+
+
 def gop_layout(header):
     """The GOPs of a clip, in order: a list of GopInfo (spec section 7, normative)."""
-    G = header.gop_frames
-    stride = G if header.mode == "t2v" else G - 1
-    layout = []
-    for g in range(num_gops(header)):
-        first = g * stride
-        n_frames = min(G, header.frames - first)
-        n_padded = 4 * (-(-(n_frames - 1) // 4)) + 1
-        if header.mode == "t2v":
-            n_stills = 0
-        elif header.mode == "i2v":
-            n_stills = 1 if g == 0 else 0
-        else:                                                    # flf2v: first and last, then last only
-            n_stills = 2 if g == 0 else 1
-        layout.append(GopInfo(first, n_frames, n_padded, (n_padded - 1) // 4 + 1, n_stills))
-    return layout
+    return [gop_info(header, g) for g in range(num_gops(header))]
 
 
 def atoms_for_frame(header, f, latent_frames):
@@ -521,7 +539,13 @@ def combination_rank(indices, K):
 
 
 def combination_unrank(rank, K, M):
-    """The sorted M-subset of 0..K-1 whose lexicographic rank is `rank` (inverse of combination_rank)."""
+    """The sorted M-subset of 0..K-1 whose lexicographic rank is `rank` (inverse of combination_rank).
+
+    The walk of combination_rank, with one shortcut: a position whose walk gets long (a large gap between two
+    chosen atoms) finds its value by galloping search over binomial sums instead (_skip_to). A forged rank
+    therefore costs at most about 8 M + 32 walk steps per position plus O(log K) binomials, never a walk over
+    all K values at every position.
+    """
     if not 0 <= M <= K:
         raise BitstreamError(f"cannot choose {M} of {K} atoms")
     if not 0 <= rank < _num_subsets(K, M):
@@ -532,15 +556,47 @@ def combination_unrank(rank, K, M):
     v, n, k = 0, K - 1, M - 1
     b = math.comb(n, k)
     for _ in range(M):
+        # math.comb(n, k) costs about k / 8 walk steps: after a walk of that many probes' worth, search instead
+        budget = 4 * k + 16
         while rank >= b:
+            if not budget:
+                v, rank = _skip_to(rank, K, v, k)
+                n = K - 1 - v
+                b = math.comb(n, k)
+                break
             rank -= b
             b = b * (n - k) // n
-            n, v = n - 1, v + 1
+            n, v, budget = n - 1, v + 1, budget - 1
         indices.append(v)
         if k:
             b = b * k // n
         n, k, v = n - 1, k - 1, v + 1
     return indices
+
+
+def _skip_to(rank, K, v, k):
+    """(x, rank left) for the current position: x >= v is its value, found by galloping and binary search.
+
+    The subsets that put a value in v..x-1 at this position, with k values after it, number
+    sum_{u=v}^{x-1} C(K-1-u, k) = C(K-v, k+1) - C(K-x, k+1); x is the largest value whose count is <= rank.
+    """
+    total = math.comb(K - v, k + 1)
+    need = total - rank                  # x is the largest value with C(K - x, k + 1) >= need
+    lo, step, top = v, 1, K - 1 - k      # C(K - lo, k + 1) >= need holds for lo = v
+    hi = top
+    while lo + step <= top:              # gallop: the gap is usually short
+        if math.comb(K - lo - step, k + 1) >= need:
+            lo, step = lo + step, 2 * step
+        else:
+            hi = lo + step - 1
+            break
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if math.comb(K - mid, k + 1) >= need:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, rank - (total - math.comb(K - lo, k + 1))
 
 
 # ==================================================================================================
@@ -609,7 +665,7 @@ def unpack_residual(blob, n_channels, n_values, bits):
 
 
 # ==================================================================================================
-# Bit writer and reader (spec sections 2 and 5.3)
+# Bit writer (spec sections 2 and 5.3)
 # ==================================================================================================
 
 class _BitWriter:
@@ -633,23 +689,6 @@ class _BitWriter:
         if self.n_acc:
             self.put(0, 8 - self.n_acc)  # zero_bit padding to the byte boundary
         return bytes(self.out)
-
-
-class _BitReader:
-    """Reads u(n) fields MSB first from a byte string whose length the caller has already checked."""
-
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0                     # in bits
-
-    def get(self, n):
-        if n == 0:
-            return 0
-        end = self.pos + n
-        first, last = self.pos >> 3, (end + 7) >> 3
-        value = int.from_bytes(self.data[first:last], "big") >> ((last << 3) - end)
-        self.pos = end
-        return value & ((1 << n) - 1)
 
 
 # ==================================================================================================
@@ -734,6 +773,11 @@ def write_stream(header, gops):
 # ==================================================================================================
 # Reading (spec sections 4, 5 and 9)
 # ==================================================================================================
+# open_stream checks the whole framing of a stream (header, every GOP's sizes and CRC, padding, trailing bytes)
+# in one pass that is linear in the stream's length and allocates 8 bytes per GOP for an index of GOP offsets.
+# A GOP's contents are read only when asked for: Stream[g] gives a GopRecord whose stills and residual are
+# views into the stream, and whose symbols are unpacked one (step, frame) at a time. So memory stays bounded by
+# what one symbol needs, whatever the stream, and any GOP can be reached without reading the others.
 
 def _need(data, pos, n, what):
     if len(data) - pos < n:
@@ -749,12 +793,28 @@ def _get(data, pos, n):
     return int.from_bytes(data[pos:pos + n], "big")
 
 
-def _read_header(data):
-    """(header, header length in bytes)."""
+def _get_bits(data, pos, n):
+    """u(n) at bit position pos of a byte string (MSB first, section 2)."""
+    if n == 0:
+        return 0
+    end = pos + n
+    first, last = pos >> 3, (end + 7) >> 3
+    return (int.from_bytes(data[first:last], "big") >> ((last << 3) - end)) & ((1 << n) - 1)
+
+
+def _view(data):
     try:
-        data = memoryview(data)
+        view = memoryview(data)
     except TypeError:
         raise BitstreamError(f"expected bytes, got {type(data).__name__}") from None
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+def _read_header(data):
+    """(header, header length in bytes)."""
+    data = _view(data)
     _need(data, 0, 4, "magic")
     if bytes(data[:4]) != MAGIC:
         raise BitstreamError(f"not a gvcc stream: bad magic {bytes(data[:4])!r} (expected {MAGIC!r})")
@@ -801,89 +861,183 @@ def read_header(data):
     return _read_header(data)[0]
 
 
-def _walk(data, decode_symbols):
-    """Parse a whole stream: (header, header length, list of Gop, per-GOP report rows).
+class GopRecord:
+    """One GOP of a stream, framing checked (sizes, gop_crc, padding bits); its symbols are read on demand.
 
-    Every check of section 9 is made here. Ranks are range-checked always, and unranked only when decode_symbols.
+    stills and residual are memoryviews into the stream's bytes (bytes(...) copies one out). symbol(j, f)
+    unpacks and unranks the symbol of SDE step j, latent frame f; check_ranks() range-checks every index_rank
+    without unranking. Sizes for rate reports are in row().
     """
+
+    def __init__(self, header, index, info, offset, stills, residual, codebook, n_rank_bits, n_sign_bits):
+        self.header = header
+        self.index = index                   # g
+        self.info = info                     # GopInfo (section 7)
+        self.offset = offset                 # byte offset of gop_size in the stream
+        self.stills = stills                 # memoryview of each AVIF still, display order
+        self.residual = residual             # memoryview of the residual blob (empty when header.residual = 0)
+        self.codebook = codebook             # memoryview of the codebook section, padding included
+        self.n_rank_bits, self.n_sign_bits = n_rank_bits, n_sign_bits
+        L = info.latent_frames
+        self._m = [atoms_for_frame(header, f, L) for f in range(L)]
+        self._bits = [rank_bits(header.K, m) for m in self._m]
+        self._start = [0]                    # bit offset of latent frame f's symbol within one SDE step
+        for m, nb in zip(self._m, self._bits):
+            self._start.append(self._start[-1] + nb + m)
+
+    @property
+    def total_bytes(self):
+        return GOP_FRAMING_BYTES + sum(4 + len(s) for s in self.stills) + \
+            (4 + len(self.residual) if self.header.residual else 0) + len(self.codebook)
+
+    def _fields(self, j, f):
+        """(index_rank, sign bits as one integer, m) of SDE step j, latent frame f."""
+        if not 0 <= j < sde_steps(self.header) or not 0 <= f < self.info.latent_frames:
+            raise IndexError(f"GOP {self.index} has no symbol at step {j}, frame {f}")
+        pos = j * self._start[-1] + self._start[f]
+        m, nb = self._m[f], self._bits[f]
+        return _get_bits(self.codebook, pos, nb), _get_bits(self.codebook, pos + nb, m), m
+
+    def _rank_error(self, j, f, m):
+        return BitstreamError(f"GOP {self.index} step {j} frame {f}: index_rank is not below C({self.header.K}, {m})")
+
+    def symbol(self, j, f):
+        """(indices sorted ascending, signs 0 = + / 1 = -) of SDE step j, latent frame f."""
+        rank, sign_bits, m = self._fields(j, f)
+        if rank >= _num_subsets(self.header.K, m):
+            raise self._rank_error(j, f, m)
+        return combination_unrank(rank, self.header.K, m), [int(ch) for ch in format(sign_bits, f"0{m}b")]
+
+    def symbols(self):
+        """Every symbol of the GOP as lists [step j][latent frame f] (for small streams: tests and tools)."""
+        return [[self.symbol(j, f) for f in range(self.info.latent_frames)]
+                for j in range(sde_steps(self.header))]
+
+    def check_ranks(self):
+        """Raise BitstreamError if an index_rank is >= C(K, m) (section 9); nothing is unranked."""
+        K = self.header.K
+        for f, m in enumerate(self._m):
+            limit = _num_subsets(K, m)
+            if limit == 1 << self._bits[f]:            # every rank_bits-bit value is a valid rank
+                continue
+            for j in range(sde_steps(self.header)):
+                if self._fields(j, f)[0] >= limit:
+                    raise self._rank_error(j, f, m)
+
+    def row(self):
+        """Where this GOP's bytes go (see stream_report)."""
+        n_bits = self.n_rank_bits + self.n_sign_bits
+        info = self.info
+        return dict(index=self.index, total_bytes=self.total_bytes, codebook_bytes=len(self.codebook),
+                    still_bytes=sum(len(s) for s in self.stills), residual_bytes=len(self.residual),
+                    overhead_bytes=GOP_FRAMING_BYTES + 4 * info.n_stills + 4 * self.header.residual,
+                    codebook_bits=n_bits, rank_bits=self.n_rank_bits, sign_bits=self.n_sign_bits,
+                    padding_bits=8 * len(self.codebook) - n_bits, first_frame=info.first_frame,
+                    n_frames=info.n_frames, latent_frames=info.latent_frames, n_stills=info.n_stills)
+
+
+def _read_gop(data, pos, header, g):
+    """The GopRecord of GOP g at byte offset pos, after every check of its framing (section 9)."""
+    info = gop_info(header, g)
+    start = pos
+    _need(data, pos, 4, f"GOP {g} gop_size")
+    gop_size = _get(data, pos, 4)
+    if gop_size > MAX_GOP_SIZE:
+        raise BitstreamError(f"GOP {g}: gop_size = {gop_size} exceeds the limit {MAX_GOP_SIZE}")
+    _need(data, pos, gop_size + GOP_FRAMING_BYTES, f"GOP {g}")
+    end = pos + 4 + gop_size
+    stored, computed = _get(data, end, 4), zlib.crc32(data[start:end])
+    if stored != computed:
+        raise BitstreamError(f"GOP {g}: CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    pos += 4
+    stills = []
+    for i in range(info.n_stills):
+        _inside(pos, 4, end, g, f"still {i} still_size")
+        size = _get(data, pos, 4)
+        if not 1 <= size <= MAX_STILL_SIZE:
+            raise BitstreamError(f"GOP {g}: still_size = {size} is outside 1..{MAX_STILL_SIZE}")
+        _inside(pos + 4, size, end, g, f"still {i}")
+        stills.append(data[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    residual = data[0:0]
+    if header.residual:
+        _inside(pos, 4, end, g, "residual_size")
+        size = _get(data, pos, 4)
+        if not 1 <= size <= MAX_RESIDUAL_SIZE:
+            raise BitstreamError(f"GOP {g}: residual_size = {size} is outside 1..{MAX_RESIDUAL_SIZE}")
+        _inside(pos + 4, size, end, g, "residual_data")
+        residual = data[pos + 4:pos + 4 + size]
+        pos += 4 + size
+    n_rank, n_sign = codebook_bits(header, info.latent_frames)
+    n_bytes = (n_rank + n_sign + 7) // 8
+    if end - pos != n_bytes:
+        raise BitstreamError(f"GOP {g}: gop_size = {gop_size} does not match its contents "
+                             f"({end - pos} bytes left for a codebook of {n_bytes} bytes)")
+    padding = 8 * n_bytes - n_rank - n_sign
+    if padding and data[end - 1] & ((1 << padding) - 1):
+        raise BitstreamError(f"GOP {g}: padding bits after the codebook are not zero")
+    return GopRecord(header, g, info, start, stills, residual, data[pos:end], n_rank, n_sign)
+
+
+class Stream:
+    """A stream whose header and GOP framing open_stream has checked: stream[g] is GOP g's GopRecord.
+
+    Reading a record re-reads only that GOP's framing (and its CRC), so GOPs can be visited in any order and
+    in any number, e.g. a range of them for random access.
+    """
+
+    def __init__(self, data, header, header_bytes, offsets):
+        self.data = data                     # memoryview of the whole stream
+        self.header = header
+        self.header_bytes = header_bytes     # header length, header_crc included
+        self._offsets = offsets              # array of each GOP's byte offset
+
+    def __len__(self):
+        return len(self._offsets)
+
+    def __getitem__(self, g):
+        if not isinstance(g, int):
+            raise TypeError("a Stream is indexed by GOP number")
+        if g < 0:
+            g += len(self)
+        if not 0 <= g < len(self):
+            raise IndexError(f"GOP {g} is outside 0..{len(self) - 1}")
+        return _read_gop(self.data, self._offsets[g], self.header, g)
+
+    def __iter__(self):
+        return (self[g] for g in range(len(self)))
+
+    def check_ranks(self):
+        """Range-check every index_rank of every GOP (section 9), unranking nothing."""
+        for gop in self:
+            gop.check_ranks()
+
+
+def open_stream(data):
+    """Check a whole stream's framing (every section 9 check but the ranks, stills and residuals, which are
+    checked when read) and return a Stream. Time is linear in len(data); memory is 8 bytes per GOP."""
     header, pos = _read_header(data)
     header_bytes = pos
-    data = memoryview(data)
+    data = _view(data)
     n_gops = num_gops(header)
-    gops, rows = [], []
-    # Each GOP is at least 8 bytes: reject a forged frame count before building a long layout.
+    # Each GOP is at least 8 bytes: reject a forged frame count before building the index.
     _need(data, pos, GOP_FRAMING_BYTES * n_gops, f"the header's {n_gops} GOP(s)")
-    for g, info in enumerate(gop_layout(header)):
-        start = pos
-        _need(data, pos, 4, f"GOP {g} gop_size")
-        gop_size = _get(data, pos, 4)
-        if gop_size > MAX_GOP_SIZE:
-            raise BitstreamError(f"GOP {g}: gop_size = {gop_size} exceeds the limit {MAX_GOP_SIZE}")
-        _need(data, pos, gop_size + GOP_FRAMING_BYTES, f"GOP {g}")
-        end = pos + 4 + gop_size
-        stored, computed = _get(data, end, 4), zlib.crc32(data[start:end])
-        if stored != computed:
-            raise BitstreamError(f"GOP {g}: CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
-        pos += 4
-        stills = []
-        for i in range(info.n_stills):
-            _inside(pos, 4, end, g, f"still {i} still_size")
-            size = _get(data, pos, 4)
-            if not 1 <= size <= MAX_STILL_SIZE:
-                raise BitstreamError(f"GOP {g}: still_size = {size} is outside 1..{MAX_STILL_SIZE}")
-            _inside(pos + 4, size, end, g, f"still {i}")
-            stills.append(bytes(data[pos + 4:pos + 4 + size]))
-            pos += 4 + size
-        residual = b""
-        if header.residual:
-            _inside(pos, 4, end, g, "residual_size")
-            size = _get(data, pos, 4)
-            if not 1 <= size <= MAX_RESIDUAL_SIZE:
-                raise BitstreamError(f"GOP {g}: residual_size = {size} is outside 1..{MAX_RESIDUAL_SIZE}")
-            _inside(pos + 4, size, end, g, "residual_data")
-            residual = bytes(data[pos + 4:pos + 4 + size])
-            pos += 4 + size
-        n_rank, n_sign = codebook_bits(header, info.latent_frames)
-        n_bytes = (n_rank + n_sign + 7) // 8
-        if end - pos != n_bytes:
-            raise BitstreamError(f"GOP {g}: gop_size = {gop_size} does not match its contents "
-                                 f"({end - pos} bytes left for a codebook of {n_bytes} bytes)")
-        section = bytes(data[pos:end])
-        reader = _BitReader(section)
-        symbols = []
-        for j in range(sde_steps(header)):
-            step = []
-            for f in range(info.latent_frames):
-                m = atoms_for_frame(header, f, info.latent_frames)
-                rank = reader.get(rank_bits(header.K, m))
-                if rank >= _num_subsets(header.K, m):
-                    raise BitstreamError(f"GOP {g} step {j} frame {f}: index_rank is not below C({header.K}, {m})")
-                sign_bits = reader.get(m)
-                if decode_symbols:
-                    signs = [int(ch) for ch in format(sign_bits, f"0{m}b")]
-                    step.append((combination_unrank(rank, header.K, m), signs))
-            symbols.append(step)
-        if reader.get(8 * n_bytes - reader.pos):
-            raise BitstreamError(f"GOP {g}: padding bits after the codebook are not zero")
-        pos = end + 4
-        n_bits = n_rank + n_sign
-        rows.append(dict(index=g, total_bytes=pos - start, codebook_bytes=n_bytes,
-                         still_bytes=sum(len(s) for s in stills), residual_bytes=len(residual),
-                         overhead_bytes=GOP_FRAMING_BYTES + 4 * info.n_stills + 4 * header.residual,
-                         codebook_bits=n_bits, rank_bits=n_rank, sign_bits=n_sign, padding_bits=8 * n_bytes - n_bits,
-                         first_frame=info.first_frame, n_frames=info.n_frames,
-                         latent_frames=info.latent_frames, n_stills=info.n_stills))
-        if decode_symbols:
-            gops.append(Gop(symbols, stills, residual))
+    offsets = array("Q")
+    for g in range(n_gops):
+        gop = _read_gop(data, pos, header, g)
+        offsets.append(pos)
+        pos += gop.total_bytes
     if pos != len(data):
         raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last GOP (offset {pos})")
-    return header, header_bytes, gops, rows
+    return Stream(data, header, header_bytes, offsets)
 
 
 def read_stream(data):
-    """(header, list of Gop) from the bytes of a whole stream; BitstreamError on anything section 9 rejects."""
-    header, _, gops, _ = _walk(data, decode_symbols=True)
-    return header, gops
+    """(header, list of Gop) with every symbol unpacked: for small streams (tests, tools). A decoder uses
+    open_stream, whose memory does not grow with the symbols."""
+    stream = open_stream(data)
+    return stream.header, [Gop(gop.symbols(), [bytes(s) for s in gop.stills], bytes(gop.residual))
+                           for gop in stream]
 
 
 # ==================================================================================================
@@ -894,11 +1048,15 @@ def stream_report(data):
     """Where the bytes of a stream go, after checking it completely (ranks are checked, not unranked).
 
     Returns a dict: file_bytes, header_bytes, prompt_bytes (part of header_bytes) and gops, a list with one dict
-    per GOP: index; total_bytes (the whole GOP) = codebook_bytes + still_bytes + residual_bytes + overhead_bytes
-    (the framing: gop_size, gop_crc and the still and residual size fields); codebook_bits = rank_bits +
-    sign_bits (codebook_bytes holds them plus padding_bits zero bits); first_frame, n_frames, latent_frames,
-    n_stills. header_bytes plus the sum of the GOPs' total_bytes is file_bytes.
+    per GOP (GopRecord.row): index; total_bytes (the whole GOP) = codebook_bytes + still_bytes + residual_bytes +
+    overhead_bytes (the framing: gop_size, gop_crc and the still and residual size fields); codebook_bits =
+    rank_bits + sign_bits (codebook_bytes holds them plus padding_bits zero bits); first_frame, n_frames,
+    latent_frames, n_stills. header_bytes plus the sum of the GOPs' total_bytes is file_bytes.
     """
-    header, header_bytes, _, rows = _walk(data, decode_symbols=False)
-    return dict(file_bytes=len(data), header_bytes=header_bytes,
-                prompt_bytes=len(header.prompt.encode("utf-8")), gops=rows)
+    stream = open_stream(data)
+    rows = []
+    for gop in stream:
+        gop.check_ranks()
+        rows.append(gop.row())
+    return dict(file_bytes=len(stream.data), header_bytes=stream.header_bytes,
+                prompt_bytes=len(stream.header.prompt.encode("utf-8")), gops=rows)

@@ -622,9 +622,11 @@ def settings_of(hdr):
 def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
     """Encode (`frames` given: uint8 [N, height, width, 3]) or decode (`gops` given) a whole clip.
 
+    `gops` is a bitstream.Stream (symbols are unpacked one at a time, as the sampler asks for them) or a list
+    of bitstream.Gop. Returns (gops, reconstruction uint8 [N, height, width, 3]): the coded GOPs when encoding.
+
     Both directions walk the GOPs through this one function, so the decoder repeats the encoder's arithmetic
     exactly: same conditioning from the same decoded frames, same sampler, same innovations, same residual.
-    Returns (gops, reconstruction uint8 [N, height, width, 3]).
     """
     import bitstream
     import media
@@ -648,7 +650,8 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
             stills = [media.encode_still(frames[i], hdr.still_quality, lossless=hdr.still_lossless)
                       for i in wanted]
         else:
-            stills = gops[g].stills
+            gop = gops[g]               # a bitstream.Gop or GopRecord: symbols are read as they are needed
+            stills = [bytes(s) for s in gop.stills]
         decoded = [media.decode_still(b, lossless=hdr.still_lossless) for b in stills]   # [height, width, 3]
         if any(d.shape != (height, width, 3) for d in decoded):
             raise GvccError(f"GOP {g}: a still frame is not {width}x{height}, the stream's working size")
@@ -664,21 +667,20 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
             y, clip_fea = conditioning(codec, info.n_padded, first, reference, crop=(width, height))
         velocity = make_velocity(codec, y, clip_fea)
 
-        symbols = [[None] * info.latent_frames for _ in range(settings.sde_steps)]
+        symbols = [[None] * info.latent_frames for _ in range(settings.sde_steps)] if encoding else None
 
         def choose(j, f, x0_hat_f):
-            if encoding:
-                m = bitstream.atoms_for_frame(hdr, f, info.latent_frames)
-                symbols[j][f] = match_atoms((x0[:, f] - x0_hat_f).flatten(), hdr.seed, j, f, hdr.K, m)
-            else:
-                symbols[j][f] = gops[g].symbols[j][f]
+            if not encoding:
+                return gop.symbol(j, f)
+            m = bitstream.atoms_for_frame(hdr, f, info.latent_frames)
+            symbols[j][f] = match_atoms((x0[:, f] - x0_hat_f).flatten(), hdr.seed, j, f, hdr.K, m)
             return symbols[j][f]
 
         latent = run_gop(velocity, settings, shape, choose, codec.device, on_step)          # [C, F, h, w]
         residual = b""
         if hdr.residual:
             bits = hdr.residual_bits
-            residual = quantise_residual(x0[:, -1] - latent[:, -1], bits) if encoding else gops[g].residual
+            residual = quantise_residual(x0[:, -1] - latent[:, -1], bits) if encoding else bytes(gop.residual)
             latent[:, -1] += dequantise_residual(residual, shape_of_frame(shape), bits, codec.device)
         latent = latent[:, :, :ph // 8, :pw // 8]                       # [C, F, h0, w0]: the DiT's padding off
         video = to_pixels(vae_mod.decode(codec.vae, codec.vae_cfg, latent))[:info.n_frames]  # [n, H, W, 3]
@@ -687,8 +689,9 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
         if g > 0 and hdr.mode != "t2v":
             video = video[1:]       # the shared boundary frame is already in the output
         out.append(video[:, :height, :width])
-        coded.append(bitstream.Gop(symbols=symbols, stills=stills, residual=residual))
-    return coded, np.concatenate(out)
+        if encoding:
+            coded.append(bitstream.Gop(symbols=symbols, stills=stills, residual=residual))
+    return (coded if encoding else gops), np.concatenate(out)
 
 
 # ==================================================================================================
@@ -848,18 +851,29 @@ def cmd_encode(args):
 
 
 def read_stream_file(path):
+    """Open a stream file: bitstream.Stream with the framing of every GOP checked, nothing unpacked.
+
+    The file is memory-mapped, not read: its pages come from the page cache as GOPs are visited.
+    """
+    import mmap
+
     import bitstream
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            size = os.fstat(fh.fileno()).st_size
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except OSError as exc:
         raise GvccError(f"{path}: {exc.strerror}") from None
-    return data, bitstream.read_stream(data)
+    except ValueError:      # not a regular file (a pipe, a device)
+        raise GvccError(f"{path}: not a regular file") from None
+    return bitstream.open_stream(data)
 
 
 def cmd_decode(args):
     import media
-    _, (hdr, gops) = read_stream_file(args.input)
+    stream = read_stream_file(args.input)
+    stream.check_ranks()
+    hdr = stream.header
     if hdr.model not in MODELS:
         raise GvccError(f"{args.input}: stream needs model '{hdr.model}', which this gvcc does not know")
     if hdr.generator != GENERATOR_ID:
@@ -877,8 +891,8 @@ def cmd_decode(args):
     device = args.device or default_device()
     codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or PRECISIONS[hdr.precision],
                        hdr.text_len)
-    progress = Progress(len(gops) * hdr.steps, "decode", args.quiet)
-    _, recon = code_clip(codec, hdr, gops=gops, on_step=progress)
+    progress = Progress(len(stream) * hdr.steps, "decode", args.quiet)
+    _, recon = code_clip(codec, hdr, gops=stream, on_step=progress)
     md5 = media.frames_md5(recon)
     if args.verify:
         if md5 != args.verify.lower():
@@ -928,12 +942,16 @@ def paper_accounting(hdr, rows):
 def cmd_info(args):
     """Header and per-GOP rate breakdown of a stream, with the paper's accounting next to gvcc's."""
     import bitstream
-    data, (hdr, gops) = read_stream_file(args.input)
-    report = bitstream.stream_report(data)
+    stream = read_stream_file(args.input)
+    stream.check_ranks()                    # the whole stream is checked before anything is printed
+    hdr = stream.header
+    # A prompt in any language must not end in UnicodeEncodeError on a terminal or pipe that cannot show it.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     pixels = hdr.src_width * hdr.src_height * hdr.frames
     seconds = hdr.frames * hdr.fps_den / hdr.fps_num
     fields = [(k, getattr(hdr, k)) for k in hdr.__dataclass_fields__]
-    print(f"{args.input}: {len(data)} bytes, GVCC stream")
+    print(f"{args.input}: {len(stream.data)} bytes, GVCC stream")
     for key, value in fields:
         shown = f"0x{value:08x}" if key == "model_fingerprint" else repr(value) if isinstance(value, str) else value
         print(f"  {key:18s} {shown}")
@@ -941,19 +959,19 @@ def cmd_info(args):
     print()
     print(f"{'GOP':>4} {'frames':>12} {'codebook B':>11} {'stills B':>9} {'residual B':>11} "
           f"{'framing B':>10} {'total B':>9} {'bpp':>9} {'paper bits':>11} {'paper bpp':>10}")
-    layout = bitstream.gop_layout(hdr)
-    paper = paper_accounting(hdr, report["gops"])
-    for info, row, prow in zip(layout, report["gops"], paper["gops"]):
+    rows = [gop.row() for gop in stream]    # one GOP at a time: sizes only, no symbols unpacked
+    paper = paper_accounting(hdr, rows)
+    for info, row, prow in zip(bitstream.gop_layout(hdr), rows, paper["gops"]):
         span = f"{info.first_frame}-{info.first_frame + info.n_frames - 1}"
         gop_pixels = hdr.src_width * hdr.src_height * info.n_frames
         print(f"{row['index']:>4} {span:>12} {row['codebook_bytes']:>11} {row['still_bytes']:>9} "
               f"{row['residual_bytes']:>11} {row['overhead_bytes']:>10} {row['total_bytes']:>9} "
               f"{8 * row['total_bytes'] / gop_pixels:>9.5f} {prow['bits']:>11} {prow['bpp']:>10.5f}")
-    bits = 8 * len(data)
-    still_bits = 8 * sum(r["still_bytes"] for r in report["gops"])
+    bits = 8 * len(stream.data)
+    still_bits = 8 * sum(r["still_bytes"] for r in rows)
     print()
     print(f"file: {bits} bits = {bits / pixels:.5f} bpp against the {hdr.src_width}x{hdr.src_height} source, "
-          f"header {report['header_bytes']} bytes")
+          f"header {stream.header_bytes} bytes")
     print(f"      {bits / seconds / 1000:.2f} kbps at the source {float(Fraction(hdr.fps_num, hdr.fps_den)):g} fps, "
           f"{bits / (hdr.frames / 16) / 1000:.2f} kbps at 16 fps (Wan's rate)")
     counted = {"t2v": "codebook", "i2v": "codebook + residual zlib bytes, first frame free",

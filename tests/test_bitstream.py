@@ -642,3 +642,89 @@ def test_no_torch_stdlib_only():
             "extra = {m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names); "
             "assert extra == {'bitstream'}, extra")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=bs.__file__.rsplit("/", 1)[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Lazy reading: per-GOP records, bounded memory, no unranking until asked
+# --------------------------------------------------------------------------------------------------
+
+def test_open_stream_gives_each_gop_on_demand():
+    header = make_header(mode="flf2v", still_quality=40, residual=1, frames=30, gop_frames=9, K=1000, M=3,
+                         M_tail=5, tail_frames=1, steps=3, tail_steps=1)
+    gops = random_gops(header, random.Random(11))
+    data = bs.write_stream(header, gops)
+    stream = bs.open_stream(data)
+    assert stream.header == header and len(stream) == len(gops) == bs.num_gops(header)
+    report = bs.stream_report(data)
+    for g in (3, 0, len(gops) - 1, 1):                           # any order, any GOP alone
+        rec = stream[g]
+        assert rec.index == g and rec.info == bs.gop_layout(header)[g] == bs.gop_info(header, g)
+        assert [bytes(s) for s in rec.stills] == gops[g].stills and bytes(rec.residual) == gops[g].residual
+        assert rec.symbol(1, 2) == gops[g].symbols[1][2]
+        assert rec.symbols() == [[(list(i), list(s)) for i, s in step] for step in gops[g].symbols]
+        assert rec.row() == report["gops"][g]
+    assert stream[-1].index == len(gops) - 1
+    with pytest.raises(IndexError):
+        stream[len(gops)]
+    with pytest.raises(IndexError):
+        stream[0].symbol(2, 0)                                   # only steps - tail_steps = 2 SDE steps
+
+
+def test_rank_check_without_unranking():
+    b = bytearray(TINY_STREAM)
+    gop0 = len(TINY_HEADER_BYTES)
+    b[gop0 + 19] = 0xE0                                          # GOP 0, frame 0: rank 7 >= C(5, 1)
+    data = refix_crcs(b)
+    stream = bs.open_stream(data)                                # the framing is fine
+    stream[1].check_ranks()
+    with pytest.raises(BitstreamError, match="GOP 0 step 0 frame 0: index_rank"):
+        stream.check_ranks()
+    with pytest.raises(BitstreamError, match="index_rank"):
+        stream[0].symbol(0, 0)
+    with pytest.raises(BitstreamError, match="index_rank"):
+        bs.stream_report(data)
+
+
+def raw_stream(header, codebook_byte=0x5A):
+    """A valid stream for a t2v header with no residual, written without the writer (fast for huge GOPs):
+    every codebook byte is codebook_byte, which must be a valid pattern of ranks and signs for the header."""
+    out = [bs.write_header(header)]
+    for info in bs.gop_layout(header):
+        n_rank, n_sign = bs.codebook_bits(header, info.latent_frames)
+        n_bytes, pad = (n_rank + n_sign + 7) // 8, (-(n_rank + n_sign)) % 8
+        body = bytes([codebook_byte]) * (n_bytes - 1) + bytes([codebook_byte & (0xFF << pad) & 0xFF])
+        gop = n_bytes.to_bytes(4, "big") + body
+        out.append(gop + zlib.crc32(gop).to_bytes(4, "big"))
+    return b"".join(out)
+
+
+def test_memory_does_not_grow_with_the_symbols():
+    """The issue's stream: K 2, M 1, GOPs of 257 frames, 1000 steps. read_stream once took ~1,000 bytes of Python
+    objects per stream byte (180 MB for 195 KB); open_stream, check_ranks and stream_report keep 8 bytes per GOP
+    (plus the per-GOP report rows) and unpack one symbol at a time."""
+    header = make_header(K=2, M=1, M_tail=1, gop_frames=257, frames=257 * 12, steps=1000, tail_steps=0)
+    data = raw_stream(header)
+    assert len(data) > 190_000
+    tracemalloc.start()
+    try:
+        stream = bs.open_stream(data)
+        stream.check_ranks()
+        report = bs.stream_report(data)
+        # 0x5A = 01 01 10 10: symbols (rank, sign) (0, 1) (0, 1) (1, 0) (1, 0); symbol 999 * 65 + 64 is the 4th
+        assert stream[11].symbol(999, 64) == ([1], [0]) and stream[11].symbol(999, 61) == ([0], [1])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(report["gops"]) == 12
+    assert peak < 64 * 1024, peak
+
+
+def test_unrank_long_gaps_search_instead_of_walking():
+    # Gaps longer than the walk's budget (4 k + 16) take the galloping search: every rank of these sizes.
+    for K, M in ((100, 1), (100, 2), (60, 3)):
+        for position, subset in enumerate(itertools.combinations(range(K), M)):
+            assert bs.combination_unrank(position, K, M) == list(subset)
+    # The forged maximal ranks of the issue: a 31-bit rank that once walked 65536 values per symbol.
+    for K, M in ((65536, 1), (65536, 2), (65536, 17), (16384, 128)):
+        for s in (list(range(K - M, K)), [0] + list(range(K - M + 1, K)), list(range(K // 2, K // 2 + M))):
+            assert bs.combination_unrank(bs.combination_rank(s, K), K, M) == s

@@ -146,6 +146,7 @@ Known answers are in tests/golden/ and tests/test_generator.py.
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -614,6 +615,15 @@ def dequantise_residual(blob, frame_shape, bits, device):
     return (q * 2.0 / ((1 << bits) - 1) - 1.0) * m
 
 
+def decode_still(g, i, data, hdr):
+    """Still i of GOP g -> uint8 [height, width, 3]; its declared size is checked before its pixels are decoded."""
+    import media
+    try:
+        return media.decode_still(data, (hdr.width, hdr.height), lossless=hdr.still_lossless)
+    except media.MediaError as exc:
+        raise GvccError(f"GOP {g}, still {i}: {exc} (the stream's working size is {hdr.width}x{hdr.height})") from None
+
+
 def settings_of(hdr):
     return SamplerSettings(steps=hdr.steps, tail_steps=hdr.tail_steps, g_scale=hdr.g_scale_q / 1000.0,
                            shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed)
@@ -652,10 +662,8 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
         else:
             gop = gops[g]               # a bitstream.Gop or GopRecord: symbols are read as they are needed
             stills = [bytes(s) for s in gop.stills]
-        decoded = [media.decode_still(b, lossless=hdr.still_lossless) for b in stills]   # [height, width, 3]
-        if any(d.shape != (height, width, 3) for d in decoded):
-            raise GvccError(f"GOP {g}: a still frame is not {width}x{height}, the stream's working size")
-        decoded = [pad_frames(d[None], 1, ph, pw)[0] for d in decoded]                     # [H, W, 3] each
+        decoded = [pad_frames(decode_still(g, i, b, hdr)[None], 1, ph, pw)[0]              # [H, W, 3] each
+                   for i, b in enumerate(stills)]
 
         y = clip_fea = None
         if hdr.mode == "i2v":
@@ -869,11 +877,77 @@ def read_stream_file(path):
     return bitstream.open_stream(data)
 
 
-def cmd_decode(args):
+# Decoder resource limits (dav1d-style): a valid stream may still ask for more than this machine should give.
+MAX_PIXELS = 1920 * 1088           # default --max-pixels: frame size (working width x height), 1080p
+MAX_FRAMES = 16384                 # default --max-frames: frames a decode outputs (~9 minutes at 30 fps)
+VAE_BYTES_PER_PIXEL_DIM = 210      # VAE decode working set per padded pixel per unit of VAEConfig.dim: measured
+                                   # 7.6 GiB at 480x848 with dim 96 (vae.py docstring, bench/bench_vae.py)
+
+
+def weight_bytes(paths, precision):
+    """Bytes the loaded networks take: (text encoder, everything else); the text encoder is freed before the
+    DiT loads. The DiT, text and image encoders are held in the compute precision, the VAE in float32."""
+    from wan_model import read_header
+    sizes = {}
+    for part, path in paths.items():
+        item = 4 if part == "vae" or precision == "fp32" else 2
+        sizes[part] = sum(math.prod(t.shape) * item for t in read_header(path).values())
+    return sizes.pop("t5"), sum(sizes.values())
+
+
+def decode_memory(spec, hdr, paths, precision):
+    """Estimated peak memory of decoding hdr's stream, in bytes, from the header and the weight files:
+    (total, {part: bytes}). Weights, the largest GOP's DiT activations and VAE decode, and the output frames."""
+    import bitstream
+    import vae as vae_mod
+    import wan_model
+    t5, nets = weight_bytes(paths, precision)
+    pw, ph = pixel_size(hdr.width, hdr.height)
+    lh, lw = latent_size(hdr.width, hdr.height)
+    cfg = wan_model.DIT_CONFIGS[spec.dit]
+    tokens = bitstream.gop_info(hdr, 0).latent_frames * (lh // 2) * (lw // 2)        # GOP 0 is the longest
+    dit = tokens * (6 * cfg.dim + 2 * cfg.ffn_dim) * 4                  # residual stream, q k v, FFN hidden
+    vae = pw * ph * vae_mod.VAE_CONFIGS[spec.vae].dim * VAE_BYTES_PER_PIXEL_DIM
+    output = 2 * hdr.frames * hdr.width * hdr.height * 3                # decoded GOPs, then their concatenation
+    parts = {"weights": max(t5, nets), "networks' activations": dit + vae, "output frames": output}
+    return sum(parts.values()), parts
+
+
+def available_memory():
+    """Bytes this process may still allocate: MemAvailable, capped by an address-space limit; None if unknown."""
+    import resource
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        used = 0
+        try:
+            with open("/proc/self/status") as fh:
+                used = next((int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:")), 0)
+        except OSError:
+            pass
+        found.append(max(0, limit - used))
+    return min(found) if found else None
+
+
+def check_decode(stream, args):
+    """Every check of `decode` that needs no network, in order, before any work: (model spec, precision).
+
+    The stream's ranks, model, generator and mode; the resource limits (--max-pixels, --max-frames, estimated
+    peak memory against --max-memory or the memory available); the output path and its container's frame rate;
+    and every still frame and residual, unpacked once (a still's declared size first). tests/test_fuzz.py runs
+    this on damaged streams.
+    """
+    import bitstream
     import media
-    stream = read_stream_file(args.input)
-    stream.check_ranks()
     hdr = stream.header
+    stream.check_ranks()
     if hdr.model not in MODELS:
         raise GvccError(f"{args.input}: stream needs model '{hdr.model}', which this gvcc does not know")
     if hdr.generator != GENERATOR_ID:
@@ -882,15 +956,46 @@ def cmd_decode(args):
     spec = MODELS[hdr.model]
     if spec.mode != hdr.mode:
         raise GvccError(f"{args.input}: {hdr.mode} stream names the {spec.mode} model {hdr.model}")
-    media.check_output(args.output, hdr.width, hdr.height)
+    if hdr.width * hdr.height > args.max_pixels:
+        raise GvccError(f"{args.input}: frames of {hdr.width}x{hdr.height} exceed --max-pixels {args.max_pixels} "
+                        f"(raise it to decode this stream)")
+    if hdr.frames > args.max_frames:
+        raise GvccError(f"{args.input}: {hdr.frames} frames exceed --max-frames {args.max_frames} "
+                        f"(raise it to decode this stream)")
+    media.check_output(args.output, hdr.width, hdr.height, Fraction(hdr.fps_num, hdr.fps_den), hdr.frames)
+    precision = args.precision or PRECISIONS[hdr.precision]
+    paths = model_paths(spec, args.weights)
+    need, parts = decode_memory(spec, hdr, paths, precision)
+    have = args.max_memory * 2 ** 30 if args.max_memory is not None else available_memory()
+    if have is not None and need > have:
+        detail = ", ".join(f"{k} {v / 2 ** 30:.2f}" for k, v in parts.items())
+        raise GvccError(f"{args.input}: decoding needs about {need / 2 ** 30:.2f} GiB ({detail}), "
+                        f"{'--max-memory allows' if args.max_memory is not None else 'this machine has'} "
+                        f"{have / 2 ** 30:.2f} GiB available")
+    lh, lw = latent_size(hdr.width, hdr.height)
+    for gop in stream:                      # one GOP at a time: nothing is kept
+        for i, still in enumerate(gop.stills):
+            decode_still(gop.index, i, bytes(still), hdr)
+        if hdr.residual:
+            try:
+                bitstream.unpack_residual(bytes(gop.residual), 16, 16 * lh * lw, hdr.residual_bits)
+            except bitstream.BitstreamError as exc:
+                raise GvccError(f"GOP {gop.index}: {exc}") from None
+    return spec, precision
+
+
+def cmd_decode(args):
+    import media
+    stream = read_stream_file(args.input)
+    hdr = stream.header
+    spec, precision = check_decode(stream, args)
     paths = model_paths(spec, args.weights)
     fingerprint = model_fingerprint(paths)
     if fingerprint != hdr.model_fingerprint:
         raise GvccError(f"{args.input}: stream was encoded with {hdr.model} weights of fingerprint "
                         f"{hdr.model_fingerprint:08x}, the files in {args.weights} give {fingerprint:08x}")
     device = args.device or default_device()
-    codec = load_codec(spec, args.weights, hdr.prompt, device, args.precision or PRECISIONS[hdr.precision],
-                       hdr.text_len)
+    codec = load_codec(spec, args.weights, hdr.prompt, device, precision, hdr.text_len)
     progress = Progress(len(stream) * hdr.steps, "decode", args.quiet)
     _, recon = code_clip(codec, hdr, gops=stream, on_step=progress)
     md5 = media.frames_md5(recon)
@@ -1083,6 +1188,13 @@ def build_parser():
     d.add_argument("input")
     d.add_argument("output")
     d.add_argument("--verify", metavar="MD5", help="fail unless the md5 of the decoded RGB frames is MD5")
+    d.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse streams whose frames have more pixels (default {MAX_PIXELS}, 1920x1088)")
+    d.add_argument("--max-frames", type=int, default=MAX_FRAMES, metavar="N",
+                   help=f"refuse streams of more frames (default {MAX_FRAMES})")
+    d.add_argument("--max-memory", type=float, metavar="GIB",
+                   help="refuse streams whose decode is estimated to need more memory (default: the memory "
+                        "available now)")
     add_runtime_flags(d)
 
     i = sub.add_parser("info", help="header and rate breakdown of a stream")
@@ -1108,9 +1220,16 @@ def main(argv=None):
     except (GvccError, BitstreamError, MediaError, WeightsError) as exc:
         print(f"gvcc: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:                 # `gvcc.py info x | head`: the reader left, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("gvcc: interrupted", file=sys.stderr)
         return 130
+    # Done: the output is published. A Ctrl-C from now on would only break the interpreter's exit hooks
+    # (a traceback from an atexit callback, with exit status 0), so it is ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 

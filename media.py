@@ -66,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -550,13 +551,15 @@ def _output_kind(path):
                      f"or a directory for PNG frames)")
 
 
-def check_output(path, width, height):
+def check_output(path, width, height, fps=None, frames=1):
     """Raise MediaError now if write_video(path, ...) of a width x height video would fail later.
 
     For a CLI to call before a long decode: supported kind, a parent directory that exists, even size where
-    4:2:0 needs it.
+    4:2:0 needs it, and (when fps is given) a frame rate that the container can hold for `frames` frames.
     """
     kind = _output_kind(path)
+    if fps is not None:
+        _check_rate(path, kind, parse_fps(fps), frames)
     parent = os.path.dirname(os.path.abspath(os.fspath(path).rstrip("/\\")))
     if not os.path.isdir(parent):
         raise MediaError(f"{path}: directory {parent} does not exist")
@@ -566,6 +569,24 @@ def check_output(path, width, height):
     if kind == "png" and os.path.exists(path) and not os.path.isdir(path):
         raise MediaError(f"{path}: exists and is not a directory")
     return kind
+
+
+def _check_rate(path, kind, fps, frames):
+    # ffmpeg keeps a rate as a ratio of C ints. The mp4 muxer's video timescale is fps_num doubled until it is
+    # at least 10000, and the clip's duration in that timescale must fit 32 bits (longer clips fail in ffmpeg
+    # with "Not yet implemented"); found by bisection against the bundled ffmpeg, tested in test_media.py.
+    if kind not in ("mp4", "mkv"):
+        return
+    num, den = fps.numerator, fps.denominator
+    fits = max(num, den) < 1 << 31
+    if kind == "mp4" and fits:
+        scale = 1
+        while num * scale < 10000:
+            scale *= 2
+        fits = frames * den * scale < 1 << 32
+    if not fits:
+        raise MediaError(f"{path}: .{kind} cannot hold {frames} frames at {num}/{den} fps; write .y4m or a "
+                         f"PNG directory instead")
 
 
 def write_video(path, frames, fps, *, limited_range=False):
@@ -579,7 +600,7 @@ def write_video(path, frames, fps, *, limited_range=False):
     _check_frames(frames)
     fps = parse_fps(fps)
     n, hgt, wid, _ = frames.shape
-    kind = check_output(path, wid, hgt)
+    kind = check_output(path, wid, hgt, fps, n)
     if kind == "png":
         _write_png_dir(path, frames, fps)
         return
@@ -761,16 +782,34 @@ def encode_still(rgb, quality, *, lossless=False):
     return buf.getvalue()
 
 
-def decode_still(data, *, lossless=False):
-    """AVIF bytes (PNG bytes if lossless) -> uint8 RGB [H, W, 3]. MediaError if they are not such an image."""
+def decode_still(data, size=None, *, lossless=False):
+    """AVIF bytes (PNG bytes if lossless) -> uint8 RGB [H, W, 3]. MediaError if they are not such an image.
+
+    size (width, height): refuse an image that declares another size (an AVIF's ispe box, a PNG's IHDR, read by
+    Image.open) before any pixel is decoded, so a forged size allocates nothing. Any failure of the codec
+    (Pillow raises OSError, ValueError, RuntimeError, DecompressionBombError, ...) is a one-line MediaError; no
+    warning is printed.
+    """
     kind = "PNG" if lossless else "AVIF"
     try:
-        with Image.open(io.BytesIO(data), formats=[kind]) as im:
-            if lossless and im.mode != "RGB":
-                raise MediaError(f"still frame: a {im.mode} PNG, a lossless still must be 8-bit RGB")
-            return np.asarray(im.convert("RGB")).copy()
-    except (OSError, ValueError, SyntaxError):
-        raise MediaError(f"still frame: {len(data)} bytes that are not a decodable {kind} image") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)     # raised, caught below
+            with Image.open(io.BytesIO(data), formats=[kind]) as im:
+                if size is not None and im.size != tuple(size):
+                    raise MediaError(f"still frame is {im.size[0]}x{im.size[1]}, not {size[0]}x{size[1]}")
+                if lossless and im.mode != "RGB":
+                    raise MediaError(f"still frame: a {im.mode} PNG, a lossless still must be 8-bit RGB")
+                rgb = np.asarray(im.convert("RGB")).copy()                    # [H, W, 3]
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MediaError("still frame declares an image too large to decode safely") from None
+    except Exception as exc:                # whatever the codec reports, in one line
+        reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", " ".join(str(exc).split()))[:200] or type(exc).__name__
+        raise MediaError(f"still frame: {len(data)} bytes that are not a decodable {kind} image ({reason})") from None
+    if size is not None and rgb.shape != (size[1], size[0], 3):
+        raise MediaError(f"still frame decodes to {rgb.shape[1]}x{rgb.shape[0]}, not {size[0]}x{size[1]}")
+    return rgb
 
 
 # ==================================================================================================

@@ -915,14 +915,22 @@ class GopRecord:
 
     def check_ranks(self):
         """Raise BitstreamError if an index_rank is >= C(K, m) (section 9); nothing is unranked."""
-        K = self.header.K
-        for f, m in enumerate(self._m):
-            limit = _num_subsets(K, m)
-            if limit == 1 << self._bits[f]:            # every rank_bits-bit value is a valid rank
-                continue
-            for j in range(sde_steps(self.header)):
-                if self._fields(j, f)[0] >= limit:
-                    raise self._rank_error(j, f, m)
+        checks = [(f, self._start[f], nb, _num_subsets(self.header.K, m))
+                  for f, (m, nb) in enumerate(zip(self._m, self._bits))
+                  if _num_subsets(self.header.K, m) != 1 << nb]          # else every nb-bit value is a rank
+        if not checks:
+            return
+        step_bits = self._start[-1]
+        for j in range(sde_steps(self.header)):
+            if step_bits <= 4096:            # short steps: one integer per step, each rank shifted out of it
+                first, last = (j * step_bits) >> 3, ((j + 1) * step_bits + 7) >> 3
+                word, end = int.from_bytes(self.codebook[first:last], "big"), 8 * last - j * step_bits
+                ranks = ((word >> (end - start - nb)) & ((1 << nb) - 1) for f, start, nb, _ in checks)
+            else:
+                ranks = (_get_bits(self.codebook, j * step_bits + start, nb) for f, start, nb, _ in checks)
+            for rank, (f, _, _, limit) in zip(ranks, checks):
+                if rank >= limit:
+                    raise self._rank_error(j, f, self._m[f])
 
     def row(self):
         """Where this GOP's bytes go (see stream_report)."""

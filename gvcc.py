@@ -144,6 +144,7 @@ Gaussian transform (Box-Muller on lane pairs (0, 1) and (2, 3), all in float64, 
 Known answers are in tests/golden/ and tests/test_generator.py.
 """
 import argparse
+import functools
 import math
 import os
 import signal
@@ -884,14 +885,21 @@ VAE_BYTES_PER_PIXEL_DIM = 210      # VAE decode working set per padded pixel per
                                    # 7.6 GiB at 480x848 with dim 96 (vae.py docstring, bench/bench_vae.py)
 
 
+@functools.lru_cache(maxsize=32)
+def _stored_elements(path, stamp):
+    """Number of tensor elements in a weight file (from its header only); stamp = (size, mtime) keys the cache."""
+    from wan_model import read_header
+    return sum(math.prod(t.shape) for t in read_header(path).values())
+
+
 def weight_bytes(paths, precision):
     """Bytes the loaded networks take: (text encoder, everything else); the text encoder is freed before the
     DiT loads. The DiT, text and image encoders are held in the compute precision, the VAE in float32."""
-    from wan_model import read_header
     sizes = {}
     for part, path in paths.items():
         item = 4 if part == "vae" or precision == "fp32" else 2
-        sizes[part] = sum(math.prod(t.shape) * item for t in read_header(path).values())
+        st = os.stat(path)
+        sizes[part] = _stored_elements(path, (st.st_size, st.st_mtime_ns)) * item
     return sizes.pop("t5"), sum(sizes.values())
 
 

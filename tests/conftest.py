@@ -15,17 +15,15 @@ def tiny_weights(tmp_path_factory):
     return golden_cases.make_tiny_weights(str(tmp_path_factory.mktemp("weights")))
 
 
-@pytest.fixture(scope="session")
-def tiny_streams(tiny_weights, tmp_path_factory):
-    """mode -> path of a small valid stream of each tiny model (t2v, i2v, flf2v), made by `gvcc.py encode`
-    (in process, to save the interpreter start-ups)."""
+def make_tiny_streams(weights, folder):
+    """mode -> path of a small valid stream of each tiny model (t2v, i2v, flf2v) in folder, made by
+    `gvcc.py encode` (in process, to save the interpreter start-ups)."""
     from fractions import Fraction
 
     import golden_cases
     import gvcc
     import media
-    folder = tmp_path_factory.mktemp("tiny_streams")
-    clip = str(folder / "clip.y4m")
+    clip = os.path.join(folder, "clip.y4m")
     media.write_video(clip, golden_cases.synthetic_clip(), Fraction(16, 1))
     common = ["-K", "64", "-M", "4", "--steps", "3", "--tail-steps", "1", "--gop", "5", "--seed", "3", "--quiet"]
     modes = {"t2v": ["--model", "tiny-t2v", "--prompt", "un chat \u732b"],
@@ -33,6 +31,12 @@ def tiny_streams(tiny_weights, tmp_path_factory):
              "flf2v": ["--model", "tiny-flf2v", "--mode", "flf2v", "--still-quality", "30"]}
     out = {}
     for mode, args in modes.items():
-        out[mode] = str(folder / f"{mode}.gvcc")
-        assert gvcc.main(["encode", clip, out[mode], "--weights", tiny_weights, *common, *args]) == 0
+        out[mode] = os.path.join(folder, f"{mode}.gvcc")
+        assert gvcc.main(["encode", clip, out[mode], "--weights", weights, *common, *args]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_streams(tiny_weights, tmp_path_factory):
+    """mode -> path of a small valid stream of each tiny model (make_tiny_streams)."""
+    return make_tiny_streams(tiny_weights, str(tmp_path_factory.mktemp("tiny_streams")))

@@ -44,9 +44,9 @@ CLEAN_ERRORS = (BitstreamError, gvcc.GvccError, MediaError, WeightsError)
 def refix_crcs(data):
     """Recompute header_crc and every gop_crc that the (possibly damaged) framing lets us find."""
     b = bytearray(data)
-    if len(b) < 64:
+    if len(b) < bitstream.FIXED_HEADER_BYTES:
         return bytes(b)
-    end = 64 + b[57] + int.from_bytes(b[58:60], "big")
+    end = bitstream.FIXED_HEADER_BYTES + b[57] + int.from_bytes(b[58:60], "big")
     if len(b) < end + 4:
         return bytes(b)
     b[end:end + 4] = zlib.crc32(b[:end]).to_bytes(4, "big")
@@ -78,7 +78,7 @@ def raw_t2v(header, rng, valid_ranks=True):
         bits = rng.getrandbits(n_bits) if n_bits else 0
         if valid_ranks and n_bits:
             pos = 0                                                       # clear the top bit of every rank
-            for _ in range(header.steps - header.tail_steps):
+            for _ in range(bitstream.sde_steps(header)):
                 for f in range(info.latent_frames):
                     m = bitstream.atoms_for_frame(header, f, info.latent_frames)
                     nb = bitstream.rank_bits(header.K, m)
@@ -134,7 +134,7 @@ def corpus(bases, seed=11):
             out.append((f"{mode} bytes, CRCs fixed", refix_crcs(b)))
         hdr, gops = bitstream.read_stream(base)
         head = len(bitstream.write_header(hdr)) - 4
-        for offset in range(4, 64):                                             # every header byte forged
+        for offset in range(4, bitstream.FIXED_HEADER_BYTES):                   # every header byte forged
             for value in (0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)):
                 b = bytearray(base)
                 b[offset] = value

@@ -8,10 +8,13 @@ ATEN_CPU_CAPABILITY=default with oneDNN limited to AVX2, so it is known to hold 
 """
 import json
 import os
+import sys
 
 import pytest
 
 import golden_cases
+
+sys.path.insert(0, os.path.join(golden_cases.ROOT, "bench"))
 
 GOLDEN = json.load(open(golden_cases.GOLDEN))
 CASES = sorted(golden_cases.CASES)
@@ -110,3 +113,34 @@ def test_check_script_writes_only_with_write(tmp_path):
     after = {n: os.path.getmtime(os.path.join(golden_cases.GOLDEN_DIR, n))
              for n in os.listdir(golden_cases.GOLDEN_DIR)}
     assert before == after
+
+
+def test_tolerance_catches_one_wrong_sign(workdir, tiny_weights):
+    """The decode tolerance is no blanket: one flipped sign bit, in the last SDE step of the t2v golden stream
+    (the step with the least effect), moves the decoded frames far outside it (measured: 235 levels, 16 dB)."""
+    import bitstream
+    with open(golden_cases.stream_path("t2v"), "rb") as fh:
+        hdr, gops = bitstream.read_stream(fh.read())
+    indices, signs = gops[0].symbols[-1][0]
+    gops[0].symbols[-1][0] = (indices, [1 - signs[0]] + list(signs[1:]))
+    wrong = os.path.join(workdir, "t2v_wrong_sign.gvcc")
+    with open(wrong, "wb") as fh:
+        fh.write(bitstream.write_stream(hdr, gops))
+    frames = golden_cases.decode(wrong, workdir, tiny_weights, "t2v_wrong_sign")
+    ref = golden_cases.read_frames_png(golden_cases.reference_path("t2v"), hdr.height)
+    worst, psnr = golden_cases.pixel_difference(frames, ref)
+    tol = golden_cases.DECODE_TOLERANCE
+    assert worst > 4 * tol["max_abs"] and psnr < tol["psnr_db"] - 10, (worst, psnr)
+
+
+def test_i2v_drift_stays_bounded_over_gops(tmp_path, tiny_weights):
+    """Decoding with every DiT output one ulp off (another machine's rounding, at its smallest) over a 5-GOP
+    I2V clip: the closed loop passes each GOP's decoded last frame to the next, yet no GOP drifts more than a
+    few levels from the encoder's reconstruction (measured with bench/drift.py: at most 1 level, >= 86 dB, no
+    growth over 6 GOPs). The native decode stays bit-exact over all GOPs."""
+    import drift
+    result = drift.measure("i2v", tiny_weights, str(tmp_path), gops=5, ways=("native", "ulp"))
+    assert all(worst == 0 for worst, _ in result["native"]), result["native"]
+    assert len(result["ulp"]) == 5
+    for g, (worst, psnr) in enumerate(result["ulp"]):
+        assert worst <= 4 and psnr >= 60.0, (g, worst, psnr)

@@ -158,6 +158,8 @@ import torch
 import torch.nn.functional as F
 
 
+__version__ = "0.1.0"
+
 # ==================================================================================================
 # Portable generator: Philox4x32-10 and the Gaussian transform
 # ==================================================================================================
@@ -625,6 +627,14 @@ def decode_still(g, i, data, hdr):
         raise GvccError(f"GOP {g}, still {i}: {exc} (the stream's working size is {hdr.width}x{hdr.height})") from None
 
 
+def still_frames(hdr, g, info):
+    """Source frames whose stills GOP g introduces: I2V its first frame in GOP 0; FLF2V its first frame in GOP 0
+    and its last frame in every GOP (the next GOP shares it)."""
+    first = [info.first_frame] if g == 0 else []
+    last = info.first_frame + info.n_frames - 1
+    return {"t2v": [], "i2v": first, "flf2v": first + [last]}[hdr.mode]
+
+
 def settings_of(hdr):
     return SamplerSettings(steps=hdr.steps, tail_steps=hdr.tail_steps, g_scale=hdr.g_scale_q / 1000.0,
                            shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed)
@@ -656,10 +666,8 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
             src = pad_frames(frames[info.first_frame:last_src + 1], info.n_padded, ph, pw)    # [T_pix, H, W, 3]
             x0 = vae_mod.encode(codec.vae, codec.vae_cfg, to_model(src, codec.device))        # [C, F, h0, w0]
             x0 = pad_latent(x0, lh, lw)                                                        # [C, F, h, w]
-            first_still = [info.first_frame] if g == 0 else []      # stills this GOP introduces
-            wanted = {"t2v": [], "i2v": first_still, "flf2v": first_still + [last_src]}[hdr.mode]
             stills = [media.encode_still(frames[i], hdr.still_quality, lossless=hdr.still_lossless)
-                      for i in wanted]
+                      for i in still_frames(hdr, g, info)]
         else:
             gop = gops[g]               # a bitstream.Gop or GopRecord: symbols are read as they are needed
             stills = [bytes(s) for s in gop.stills]
@@ -741,6 +749,27 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(name):
+    """The torch device a user named, checked to be usable here (GvccError otherwise); the default if None."""
+    if name is None:
+        return default_device()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GvccError(f"--device {name}: not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GvccError(f"--device {name}: this torch build has no CUDA or sees no GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GvccError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        try:
+            torch.zeros(1, device=dev)
+        except Exception as exc:  # each backend fails in its own way (RuntimeError, AssertionError, ...)
+            raise GvccError(f"--device {name}: not usable here ({str(exc).splitlines()[0]})") from None
+    return name
+
+
 PRECISIONS = ("fp32", "bf16")          # header field `precision`: index into this tuple
 
 
@@ -749,30 +778,92 @@ def default_precision(device):
     return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
-def codebook_bits(hdr):
-    """Bits of the index sets and signs of the whole stream, from the header alone."""
+def stream_bytes(hdr, still_sizes, residual_sizes):
+    """Size of the stream a header makes, given the byte sizes of its stills (in order) and of its residuals.
+
+    bitstream.py's layout: the header, then per GOP the framing (gop_size, gop_crc), a 4-byte length before every
+    still and residual, and the codebook symbols padded to a whole byte. Only stills and residuals depend on the
+    pictures; everything else follows from the header.
+    """
     import bitstream
-    return sum(sum(bitstream.codebook_bits(hdr, info.latent_frames)) for info in bitstream.gop_layout(hdr))
+    total, stills = len(bitstream.write_header(hdr)), iter(still_sizes)
+    for g, info in enumerate(bitstream.gop_layout(hdr)):
+        total += bitstream.GOP_FRAMING_BYTES + sum(4 + next(stills) for _ in range(info.n_stills))
+        if hdr.residual:
+            total += 4 + residual_sizes[g]
+        total += -(-sum(bitstream.codebook_bits(hdr, info.latent_frames)) // 8)
+    return total
 
 
-def pick_atoms(hdr, bits_per_source_pixel):
-    """The largest M whose codebook bits stay within the target (the paper's rate knob), by bisection."""
+def pick_atoms(hdr, target_bits, still_sizes):
+    """The largest M whose whole file stays within target_bits, by bisection (M is the paper's rate knob).
+
+    The file's size is exact before coding except the I2V tail residual, which is known only after coding and
+    is counted here by its length field alone. Returns (header with M and M_tail set, predicted file bits,
+    note): note says why the target cannot be met when M had to stop at its cap; GvccError if even M = 1 is
+    too much.
+    """
     import dataclasses
 
     import bitstream
-    pixels = hdr.src_width * hdr.src_height * hdr.frames
+    residuals = [0] * len(bitstream.gop_layout(hdr))
 
-    def bpp(m):
-        tail = max(m, hdr.M_tail) if hdr.tail_frames else m
-        return codebook_bits(dataclasses.replace(hdr, M=m, M_tail=min(tail, hdr.K))) / pixels
+    def with_m(m):
+        return dataclasses.replace(hdr, M=m, M_tail=min(max(m, hdr.M_tail), hdr.K) if hdr.tail_frames else m)
 
-    if bpp(1) > bits_per_source_pixel:
-        raise GvccError(f"target rate too low: even M = 1 needs {bpp(1):.5f} bpp (lower K or --steps)")
-    lo, hi = 1, min(hdr.K, bitstream.MAX_M)
+    def bits(m):
+        return 8 * stream_bytes(with_m(m), still_sizes, residuals)
+
+    if bits(1) > target_bits:
+        header = 8 * len(bitstream.write_header(with_m(1)))
+        stills = 8 * sum(still_sizes)
+        why = (f"the header alone is {header // 8} bytes" if header > target_bits else
+               f"the header, framing{', stills' if stills else ''} and M = 1 need {bits(1) // 8} bytes"
+               f"{f' ({stills // 8} of them stills)' if stills else ''}; fewer --steps, a smaller -K or "
+               f"longer GOPs cost less")
+        raise GvccError(f"rate target {target_bits} bits for the file cannot be met: {why}")
+    cap = min(hdr.K, bitstream.MAX_M)
+    lo, hi = 1, cap
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if bpp(mid) <= bits_per_source_pixel else (lo, mid - 1)
-    return lo, bpp(lo)
+        lo, hi = (mid, hi) if bits(mid) <= target_bits else (lo, mid - 1)
+    note = None
+    if lo == cap and bits(cap) < target_bits:
+        limit = f"K = {hdr.K}" if cap == hdr.K else f"the format's limit {bitstream.MAX_M}"
+        note = f"M is capped at {limit}, so the file stays below the target; raise -K or --steps for more bits"
+    return with_m(lo), bits(lo), note
+
+
+def finite_float(text):
+    """argparse type: a finite float (nan and inf are refused with one clear line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def positive_float(text):
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
+    return value
+
+
+def say(args, text):
+    """A line of what gvcc is doing or assumed, on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(f"gvcc: {text}", file=sys.stderr, flush=True)
+
+
+def tell_reading(args, video):
+    # what the reader assumed (notes, unless --quiet) and what looked wrong (warnings, always)
+    for note in video.notes:
+        say(args, f"note: {note}")
+    for warning in video.warnings:
+        print(f"gvcc: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def cmd_encode(args):
@@ -780,6 +871,12 @@ def cmd_encode(args):
 
     import bitstream
     import media
+    device = check_device(args.device)
+    media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
+    if args.recon:
+        if os.path.abspath(args.recon) == os.path.abspath(args.output):
+            raise GvccError(f"--recon {args.recon} is the output stream's name too")
+        media.check_target(args.recon, overwrite=args.overwrite, inputs=[args.input])
     spec_name = args.model or DEFAULT_MODEL[args.mode or "t2v"]
     if spec_name not in MODELS:
         raise GvccError(f"unknown model '{spec_name}' (known: {', '.join(MODELS)})")
@@ -790,6 +887,7 @@ def cmd_encode(args):
                         f"{', '.join(n for n, s in MODELS.items() if s.mode == mode)}")
     video = media.read_video(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
                              fps=args.fps, limited_range=args.limited_range, frames=args.frames)
+    tell_reading(args, video)
     frames = video.frames
     n, src_h, src_w = frames.shape[:3]
     width, height = media.parse_size(args.size) if args.size else (src_w, src_h)
@@ -819,7 +917,6 @@ def cmd_encode(args):
         raise GvccError("--still-quality lossless applies to i2v and flf2v (t2v codes no still frames)")
     still_quality = 0 if lossless or mode == "t2v" else int(args.still_quality)
     fps = video.fps
-    device = args.device or default_device()
     precision = args.precision or default_precision(device)
     hdr = bitstream.Header(
         mode=mode, model=spec_name, model_fingerprint=0, generator=GENERATOR_ID,
@@ -831,15 +928,21 @@ def cmd_encode(args):
         still_lossless=int(lossless), residual=int(mode == "i2v" and residual_bits > 0),
         residual_bits=residual_bits or 8, prompt=args.prompt, precision=PRECISIONS.index(precision),
         text_len=args.text_len)
-    if args.bpp is not None or args.kbps is not None:
-        target = args.bpp if args.bpp is not None else args.kbps * 1000 * fps.denominator / (
-            fps.numerator * src_w * src_h)
-        m, got = pick_atoms(hdr, target)
-        m_tail = min(max(m, hdr.M_tail), hdr.K) if tail_frames else m
-        hdr = dataclasses.replace(hdr, M=m, M_tail=m_tail)
-        print(f"gvcc: rate target -> M = {m} (codebook alone {got:.5f} bpp"
-              f"{'; stills and residual come on top' if mode != 't2v' else ''})", file=sys.stderr)
     bitstream.check_header(hdr)             # every field within the format's limits before any work
+    pixels = src_w * src_h * n
+    target_bits = None
+    if args.bpp is not None or args.kbps is not None:
+        # the target is the whole file's rate: bits per source pixel, or kbit/s at the source frame rate
+        target_bits = args.bpp * pixels if args.bpp is not None else args.kbps * 1000 * n / fps
+        target = f"--bpp {args.bpp:g}" if args.bpp is not None else f"--kbps {args.kbps:g}"
+        stills = [len(media.encode_still(frames[i], hdr.still_quality, lossless=hdr.still_lossless))
+                  for g, info in enumerate(bitstream.gop_layout(hdr)) for i in still_frames(hdr, g, info)]
+        hdr, predicted, note = pick_atoms(hdr, target_bits, stills)
+        print(f"gvcc: rate target {target} -> M = {hdr.M}{f', M_tail = {hdr.M_tail}' if hdr.tail_frames else ''}: "
+              f"file {predicted / pixels:.5f} bpp{' before the tail residual' if hdr.residual else ''}",
+              file=sys.stderr)
+        if note:
+            print(f"gvcc: warning: {target} cannot be met: {note}", file=sys.stderr)
     if args.recon:
         media.check_output(args.recon, width, height)
     paths = model_paths(spec, args.weights)
@@ -854,9 +957,17 @@ def cmd_encode(args):
     if args.recon:
         media.write_video(args.recon, recon, fps)
     bits = 8 * len(data)
-    print(f"gvcc: {args.output}: {len(data)} bytes, {len(layout)} GOPs, {bits / (src_w * src_h * n):.5f} bpp, "
+    print(f"gvcc: {args.output}: {n} frames {src_w}x{src_h}{f' (coded at {width}x{height})' if args.size else ''} "
+          f"at {float(fps):g} fps, {len(data)} bytes, {len(layout)} GOPs, {bits / pixels:.5f} bpp, "
           f"{bits * fps.numerator / (n * fps.denominator) / 1000:.2f} kbps, {time.time() - start:.1f} s",
           file=sys.stderr)
+    if video.warnings:
+        print(f"gvcc: warning: coded the {n} frames that could be read from {args.input}", file=sys.stderr)
+    if target_bits is not None and bits > target_bits:
+        residual = sum(len(g.residual) for g in gops)
+        print(f"gvcc: warning: the file is {bits / pixels:.5f} bpp, above the target {target_bits / pixels:.5f} bpp:"
+              f" the tail residual ({residual} bytes) is known only after coding; give a lower target",
+              file=sys.stderr)
 
 
 def read_stream_file(path):
@@ -994,6 +1105,8 @@ def check_decode(stream, args):
 
 def cmd_decode(args):
     import media
+    device = check_device(args.device)
+    media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
     stream = read_stream_file(args.input)
     hdr = stream.header
     spec, precision = check_decode(stream, args)
@@ -1002,7 +1115,7 @@ def cmd_decode(args):
     if fingerprint != hdr.model_fingerprint:
         raise GvccError(f"{args.input}: stream was encoded with {hdr.model} weights of fingerprint "
                         f"{hdr.model_fingerprint:08x}, the files in {args.weights} give {fingerprint:08x}")
-    device = args.device or default_device()
+    start = time.time()
     codec = load_codec(spec, args.weights, hdr.prompt, device, precision, hdr.text_len)
     progress = Progress(len(stream) * hdr.steps, "decode", args.quiet)
     _, recon = code_clip(codec, hdr, gops=stream, on_step=progress)
@@ -1011,7 +1124,11 @@ def cmd_decode(args):
         if md5 != args.verify.lower():
             raise GvccError(f"--verify: decoded frames have md5 {md5}, expected {args.verify}")
         print(f"OK {md5}")
-    media.write_video(args.output, recon, Fraction(hdr.fps_num, hdr.fps_den))
+    fps = Fraction(hdr.fps_num, hdr.fps_den)
+    media.write_video(args.output, recon, fps)
+    n, height, width = recon.shape[:3]
+    print(f"gvcc: {args.output}: {n} frames {width}x{height} at {float(fps):g} fps, {time.time() - start:.1f} s, "
+          f"md5 {md5} (of the RGB frames, for --verify)", file=sys.stderr)
 
 
 def paper_accounting(hdr, rows):
@@ -1106,24 +1223,27 @@ def cmd_eval(args):
 
 def cmd_make_tiny(args):
     """Write the tiny random-weight models (real key layout and dtypes) to a folder."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    import media
     import vae as vae_mod
     import wan_model
-    os.makedirs(args.dir, exist_ok=True)
+    try:
+        os.makedirs(args.dir, exist_ok=True)
+    except OSError as exc:
+        raise GvccError(f"{args.dir}: cannot make the folder ({exc.strerror})") from None
+    media.check_folder(os.path.join(args.dir, "tiny_t2v.safetensors"))
     files = {
-        "tiny_t2v.safetensors": wan_model.tiny_weights("dit", "tiny-t2v", seed=1),
-        "tiny_i2v.safetensors": wan_model.tiny_weights("dit", "tiny-i2v", seed=2),
-        "tiny_flf2v.safetensors": wan_model.tiny_weights("dit", "tiny-flf2v", seed=3),
-        "tiny_umt5.safetensors": wan_model.tiny_weights("t5", "tiny", seed=4),
-        "tiny_clip_vision.safetensors": wan_model.tiny_weights("clip", "tiny", seed=5),
-        "tiny_vae.safetensors": vae_mod.tiny_weights(seed=6),
+        "tiny_t2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-t2v", seed=1),
+        "tiny_i2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-i2v", seed=2),
+        "tiny_flf2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-flf2v", seed=3),
+        "tiny_umt5.safetensors": lambda: wan_model.tiny_weights("t5", "tiny", seed=4),
+        "tiny_clip_vision.safetensors": lambda: wan_model.tiny_weights("clip", "tiny", seed=5),
+        "tiny_vae.safetensors": lambda: vae_mod.tiny_weights(seed=6),
     }
-    for name, tensors in files.items():
+    for name, make in files.items():
         path = os.path.join(args.dir, name)
-        tmp = path + ".tmp"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, save({k: v.contiguous() for k, v in make().items()}))
         print(f"gvcc: wrote {path}", file=sys.stderr)
 
 
@@ -1140,16 +1260,33 @@ def still_quality_arg(text):
     return value
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with gvcc's error format: one `gvcc: error:` line, exit status 2, no usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"gvcc: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every partly written output is removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def build_parser():
     import media
-    p = argparse.ArgumentParser(prog="gvcc.py", description="GVCC: zero-shot generative video coding with Wan2.1.")
+    p = ArgumentParser(prog="gvcc.py", description="GVCC: zero-shot generative video coding with Wan2.1.")
+    p.add_argument("--version", action="version", version=f"gvcc {__version__} (bitstream format version "
+                                                            f"{__import__('bitstream').VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_input_flags(q):
         q.add_argument("--yuv-size", metavar="WxH", help="frame size of a raw .yuv input (I420, 8-bit)")
-        q.add_argument("--fps", help="frame rate of a raw .yuv input (e.g. 30000/1001)")
-        q.add_argument("--limited-range", action="store_true",
-                       help="raw .yuv / .y4m input is limited range (16-235); full range is the default")
+        q.add_argument("--fps", help="frame rate of inputs without one (.yuv; images: 25 as in ffmpeg), or to "
+                                     "override the file's (e.g. 30000/1001)")
+        media.add_range_arguments(q)
 
     def add_runtime_flags(q):
         q.add_argument("--weights", default=os.environ.get("GVCC_WEIGHTS", "weights"),
@@ -1157,20 +1294,27 @@ def build_parser():
         q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
         q.add_argument("--precision", choices=("fp32", "bf16"),
                        help="network precision (default: fp32 on cpu, bf16 on cuda; decode: the encoder's)")
-        q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        q.add_argument("--quiet", action="store_true", help="no progress or notes on stderr (warnings stay)")
+        media.add_overwrite_arguments(q)
 
-    e = sub.add_parser("encode", help="video -> GVCC stream")
-    e.add_argument("input", help=".mp4/.mkv/.webm, .y4m, raw .yuv, or a folder of PNGs")
+    e = sub.add_parser("encode", help="video -> GVCC stream",
+                       description="Inputs are recognised by content: a .y4m (also '-' for stdin), a raw .yuv "
+                                   "(--yuv-size, --fps), a folder of PNGs, a printf pattern like frames/%06d.png "
+                                   "or a single image, or any video file the bundled ffmpeg reads (.mp4, .mov, "
+                                   ".mkv, .avi, ...). Outputs are never written over an input, nor over an "
+                                   "existing file without -y.")
+    e.add_argument("input", help="video, y4m ('-' for stdin), raw .yuv, PNG folder, %%06d.png pattern or image")
     e.add_argument("output")
     e.add_argument("--mode", choices=("t2v", "i2v", "flf2v"), help="default: the model's mode (t2v)")
     e.add_argument("--model", help=f"one of {', '.join(MODELS)} (default per mode: {DEFAULT_MODEL})")
-    e.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p)")
+    rate = e.add_mutually_exclusive_group()
+    rate.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p)")
     e.add_argument("-K", type=int, default=16384, help="atoms per codebook (default 16384)")
     e.add_argument("--m-tail", type=int, help="i2v: atoms in the last 2 latent frames (default 128)")
     e.add_argument("--steps", type=int, default=20, help="sampler steps T (default 20)")
     e.add_argument("--tail-steps", type=int, default=3, help="final ODE steps without bits (default 3)")
-    e.add_argument("--g-scale", type=float, default=3.0, help="SDE diffusion scale, g_t = g t^2 (default 3)")
-    e.add_argument("--shift", type=float,
+    e.add_argument("--g-scale", type=finite_float, default=3.0, help="SDE diffusion scale, g_t = g t^2 (default 3)")
+    e.add_argument("--shift", type=finite_float,
                    help="time-grid shift (default 3; i2v/flf2v above 480 working rows: 5, the authors' rule)")
     e.add_argument("--gop", type=int, default=33, help="frames per GOP, 4k+1 (default 33)")
     e.add_argument("--prompt", default="", help="text prompt, stored in the stream (default empty)")
@@ -1185,9 +1329,11 @@ def build_parser():
                    help="rows of the padded text context (default 512 as upstream Wan; 226 reproduces the "
                         "authors' T2V runs); stored in the stream")
     e.add_argument("--frames", type=int, help="code only the first N frames")
-    rate = e.add_mutually_exclusive_group()
-    rate.add_argument("--bpp", type=float, help="target bits per source pixel: picks M for you")
-    rate.add_argument("--kbps", type=float, help="target kbit/s at the source frame rate: picks M for you")
+    rate.add_argument("--bpp", type=positive_float,
+                      help="target bits per source pixel of the whole file (header, stills, framing and codebook; "
+                           "an i2v tail residual is known only after coding): picks M for you")
+    rate.add_argument("--kbps", type=positive_float,
+                      help="target kbit/s of the whole file at the source frame rate: picks M for you")
     e.add_argument("--recon", metavar="FILE", help="also write the encoder's reconstruction (= the decoder's)")
     add_input_flags(e)
     add_runtime_flags(e)
@@ -1223,6 +1369,7 @@ def main(argv=None):
     from bitstream import BitstreamError
     from media import MediaError
     from wan_model import WeightsError
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         handlers[args.command](args)
     except (GvccError, BitstreamError, MediaError, WeightsError) as exc:
@@ -1235,6 +1382,11 @@ def main(argv=None):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("gvcc: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("gvcc: terminated (SIGTERM); partial outputs removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # Done: the output is published. A Ctrl-C from now on would only break the interpreter's exit hooks
     # (a traceback from an atexit callback, with exit status 0), so it is ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -85,6 +85,8 @@ class MediaError(Exception):
 class Video:
     frames: np.ndarray            # uint8 [N, H, W, 3] RGB
     fps: fractions.Fraction       # frames per second, exact (30000/1001, not 29.97)
+    notes: list = field(default_factory=list)       # defaults the reader assumed (range, frame rate), to tell
+    warnings: list = field(default_factory=list)    # what looked wrong in the file (truncation), to tell
 
 
 def parse_size(text):
@@ -275,8 +277,6 @@ def yuv420_to_rgb_opencv(y, u, v):
 # Reading
 # ==================================================================================================
 
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov")
-
 # y4m C tag -> (chroma sub_x, sub_y, siting); sub 0 is a luma-only (mono) file
 Y4M_CHROMA = {
     "420jpeg": (2, 2, "center"), "420": (2, 2, "center"), "420mpeg2": (2, 2, "left"),
@@ -284,121 +284,198 @@ Y4M_CHROMA = {
 }
 
 _PNG_FPS_KEY = "gvcc-fps"
+IMAGE_FPS = fractions.Fraction(25)      # frame rate of images that carry none: ffmpeg's image2 default
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "AVIF", "GIF")   # single images and patterns
+PATTERN_START_RANGE = 5                 # a %d pattern starts at the first existing index 0..4, as ffmpeg's image2
+# the code-value range of inputs whose file says nothing, when the caller does not say either
+UNTAGGED_RANGE = {"y4m": "limited (ffmpeg's reading of a .y4m without XCOLORRANGE)",
+                  "ffmpeg": "limited (the H.264/HEVC/AV1 default of an absent range flag, as ffmpeg reads it)",
+                  "yuv": "full (as the learned-codec literature converts UVG's raw .yuv)"}
 
 
-def _input_kind(path):
+def _pattern(path):
+    # 'frames/%06d.png' -> a printf pattern with exactly one integer field (and '%%' escapes), else None
+    fields = re.findall(r"%(%|0?\d*d)", path)
+    if not fields or fields.count("%") == len(fields) or len(fields) - fields.count("%") != 1:
+        return None
+    if re.search(r"%(?!%|0?\d*d)", path.replace("%%", "")):
+        return None
+    return path
+
+
+def input_kind(path):
+    """What an input is, decided by its content where it has one; the one place gvcc decides how to read.
+
+    '-'             y4m on stdin (a YUV4MPEG2 stream, as `ffmpeg ... -f yuv4mpegpipe -` writes it)
+    a directory     'png': its *.png frames in name order (gvcc's own frame folders)
+    'a/%06d.png'    'images': a printf pattern over numbered image files, as ffmpeg's image2 reads it
+    'YUV4MPEG2 '    'y4m' (a file starting so, whatever its name; a .y4m name without it is a damaged y4m)
+    .yuv            'yuv': raw I420, the one format known by its name only (it has no header)
+    an image        'images': one still image Pillow reads (PNG, JPEG, ...): a 1-frame video
+    anything else   'ffmpeg': any container and codec the bundled ffmpeg reads (.mp4, .mov, .mkv, .avi, ...)
+    """
+    if path == "-":
+        return "y4m"
     if os.path.isdir(path):
         return "png"
     if not os.path.exists(path):
+        if _pattern(path):
+            return "images"
         raise MediaError(f"{path}: no such file or directory")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(10)
+    except OSError as exc:
+        raise MediaError(f"{path}: cannot read ({exc.strerror})") from None
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".y4m":
+    if head == b"YUV4MPEG2 " or ext == ".y4m":
         return "y4m"
     if ext == ".yuv":
         return "yuv"
-    if ext in VIDEO_EXTS:
-        return "ffmpeg"
-    raise MediaError(f"{path}: unsupported extension '{ext}' (read: .y4m, .yuv, "
-                     f"{', '.join(VIDEO_EXTS)} or a directory of PNGs)")
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            if getattr(im, "n_frames", 1) == 1:
+                return "images"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        pass
+    return "ffmpeg"
 
 
-def read_video(path, *, size=None, fps=None, limited_range=False, frames=None):
-    """Read a video as uint8 RGB frames [N, H, W, 3] and its frame rate.
+def read_video(path, *, size=None, fps=None, limited_range=None, frames=None):
+    """Read a video as uint8 RGB frames [N, H, W, 3] and its frame rate (input kinds: see input_kind).
 
     size: (W, H) or 'WxH' of a raw .yuv (required there, ignored elsewhere).
-    fps: frame rate for inputs that carry none (.yuv, foreign PNG directories); overrides the file's rate if given.
-    limited_range: code-value range of inputs without a range tag (.yuv, .y4m without XCOLORRANGE).
+    fps: frame rate for inputs that carry none (.yuv; images default to 25, ffmpeg's image2 rate); overrides the
+    file's rate if given.
+    limited_range: code-value range of inputs whose file carries no range tag (.yuv, .y4m without XCOLORRANGE,
+    untagged video files); None: UNTAGGED_RANGE's per-kind default. A tag in the file always wins.
     frames: read only the first `frames` frames.
+    The returned Video's notes say which of these defaults were used, its warnings what looked wrong.
     """
-    video = _read(path, size=size, fps=fps, limited_range=limited_range, frames=frames)
+    video = _read(path, size=size, fps=fps, limited_range=limited_range, frames=frames, image_fps=True)
     if video.fps is None:
         raise MediaError(f"{path}: the file has no frame rate; give one (fps)")
     return video
 
 
-def _read(path, *, size=None, fps=None, limited_range=False, frames=None):
+def _read(path, *, size=None, fps=None, limited_range=None, frames=None, image_fps=False):
     # read_video without the frame-rate requirement: eval takes a missing rate from the other file
     path = os.fspath(path)
     if frames is not None and frames < 1:
         raise MediaError(f"frames must be at least 1, got {frames}")
     limit = frames if frames is not None else sys.maxsize
-    kind = _input_kind(path)
+    kind = input_kind(path)
+    video = Video(None, None)
     if kind == "y4m":
-        arr, rate = _read_y4m(path, limited_range, limit)
-    elif kind == "yuv":
-        arr, rate = _read_yuv(path, size, limited_range, limit)
-    elif kind == "png":
-        arr, rate = _read_png_dir(path, limit)
-    else:
-        arr, rate = _read_ffmpeg(path, limit)
-    if fps is not None:
-        rate = parse_fps(fps)
-    return Video(arr, rate)
-
-
-def _read_y4m(path, limited, limit):
-    with open(path, "rb") as fh:
-        header = fh.readline(65536)
-        if not header.startswith(b"YUV4MPEG2 ") or not header.endswith(b"\n"):
-            raise MediaError(f"{path}: not a YUV4MPEG2 file (bad or overlong header line)")
-        params = {}
-        for tok in header[10:].decode("ascii", "replace").split():
-            if tok[0] == "X":
-                key, _, val = tok[1:].partition("=")
-                params["X" + key.upper()] = val.upper()
-            else:
-                params[tok[0]] = tok[1:]
-        try:
-            wid, hgt = int(params["W"]), int(params["H"])
-        except (KeyError, ValueError):
-            raise MediaError(f"{path}: y4m header lacks a valid W or H") from None
-        if not (0 < wid <= 16384 and 0 < hgt <= 16384):
-            raise MediaError(f"{path}: y4m size {wid}x{hgt} is out of range")
-        rate = None
-        if "F" in params:
-            try:
-                num, den = (int(s) for s in params["F"].split(":"))
-                rate = fractions.Fraction(num, den) if num > 0 and den > 0 else None
-            except ValueError:
-                raise MediaError(f"{path}: y4m frame rate 'F{params['F']}' is not num:den") from None
-        cname = params.get("C", "420jpeg")
-        if cname not in Y4M_CHROMA:
-            raise MediaError(f"{path}: unsupported y4m colorspace C{cname} (supported: 8-bit "
-                             + ", ".join("C" + k for k in Y4M_CHROMA) + ")")
-        sub_x, sub_y, siting = Y4M_CHROMA[cname]
-        rng = params.get("XCOLORRANGE")
-        if rng in ("FULL", "LIMITED"):
-            limited = rng == "LIMITED"
-        luma = wid * hgt
-        if sub_x:
-            cw, ch = -(-wid // sub_x), -(-hgt // sub_y)
-            chroma = cw * ch
+        if path == "-":
+            video.frames, video.fps = _read_y4m(sys.stdin.buffer, "stdin", limited_range, limit, video.notes)
         else:
-            chroma = 0
-        out = []
-        while len(out) < limit:
-            line = fh.readline(4096)
-            if not line:
-                break
-            if not line.startswith(b"FRAME") or not line.endswith(b"\n"):
-                raise MediaError(f"{path}: frame {len(out)} does not start with a FRAME line")
-            data = fh.read(luma + 2 * chroma)
-            if len(data) < luma + 2 * chroma:
-                raise MediaError(f"{path}: frame {len(out)} is truncated ({len(data)} of {luma + 2 * chroma} bytes)")
-            buf = np.frombuffer(data, np.uint8)
-            y = buf[:luma].reshape(hgt, wid)                         # [H, W]
-            if chroma:
-                u = buf[luma:luma + chroma].reshape(ch, cw)          # [h, w]
-                v = buf[luma + chroma:].reshape(ch, cw)
-            else:
-                u = v = np.full((hgt, wid), 128, np.uint8)           # mono: zero chroma
-            out.append(yuv_to_rgb(y, u, v, limited=limited, siting=siting))
+            with open(path, "rb") as fh:
+                video.frames, video.fps = _read_y4m(fh, path, limited_range, limit, video.notes)
+    elif kind == "yuv":
+        video.frames, video.fps = _read_yuv(path, size, limited_range, limit, video.notes)
+    elif kind == "png":
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+        if not names:
+            raise MediaError(f"{path}: the directory holds no .png frames")
+        video.frames, video.fps = _read_images([os.path.join(path, n) for n in names[:limit]], ("PNG",))
+    elif kind == "images":
+        video.frames, video.fps = _read_images(_image_files(path, limit), IMAGE_FORMATS)
+    else:
+        video.frames, video.fps = _read_ffmpeg(path, limited_range, limit, video.notes, video.warnings)
+    if fps is not None:
+        video.fps = parse_fps(fps)
+    elif video.fps is None and kind in ("png", "images") and image_fps:
+        video.fps = IMAGE_FPS
+        video.notes.append(f"{path}: images carry no frame rate: {IMAGE_FPS} fps, as ffmpeg assumes (give fps)")
+    return video
+
+
+def _image_files(path, limit):
+    # a single image, or the files of a %d pattern from its first existing index while they exist
+    if os.path.exists(path) or not _pattern(path):
+        return [path]
+    start = next((i for i in range(PATTERN_START_RANGE) if os.path.isfile(path % i)), None)
+    if start is None:
+        raise MediaError(f"{path}: no file matches the pattern (looked for {path % 0} to "
+                         f"{path % (PATTERN_START_RANGE - 1)})")
+    files = []
+    while len(files) < limit and os.path.isfile(path % (start + len(files))):
+        files.append(path % (start + len(files)))
+    return files
+
+
+def _range_of(tag, limited, kind, name, notes):
+    # tag: the file's own 'FULL' / 'LIMITED' (or None); limited: the caller's choice for untagged files (or None)
+    if tag is not None:
+        return tag == "LIMITED"
+    if limited is None:
+        limited = UNTAGGED_RANGE[kind].startswith("limited")
+        notes.append(f"{name}: no colour range tag, read as {UNTAGGED_RANGE[kind]}; say which if it is not")
+    return limited
+
+
+def _read_y4m(fh, path, limited, limit, notes):
+    header = fh.readline(65536)
+    if not header.startswith(b"YUV4MPEG2 ") or not header.endswith(b"\n"):
+        raise MediaError(f"{path}: not a YUV4MPEG2 file (bad or overlong header line)")
+    params = {}
+    for tok in header[10:].decode("ascii", "replace").split():
+        if tok[0] == "X":
+            key, _, val = tok[1:].partition("=")
+            params["X" + key.upper()] = val.upper()
+        else:
+            params[tok[0]] = tok[1:]
+    try:
+        wid, hgt = int(params["W"]), int(params["H"])
+    except (KeyError, ValueError):
+        raise MediaError(f"{path}: y4m header lacks a valid W or H") from None
+    if not (0 < wid <= 16384 and 0 < hgt <= 16384):
+        raise MediaError(f"{path}: y4m size {wid}x{hgt} is out of range")
+    rate = None
+    if "F" in params:
+        try:
+            num, den = (int(s) for s in params["F"].split(":"))
+            rate = fractions.Fraction(num, den) if num > 0 and den > 0 else None
+        except ValueError:
+            raise MediaError(f"{path}: y4m frame rate 'F{params['F']}' is not num:den") from None
+    cname = params.get("C", "420jpeg")
+    if cname not in Y4M_CHROMA:
+        raise MediaError(f"{path}: unsupported y4m colorspace C{cname} (supported: 8-bit "
+                         + ", ".join("C" + k for k in Y4M_CHROMA) + ")")
+    sub_x, sub_y, siting = Y4M_CHROMA[cname]
+    rng = params.get("XCOLORRANGE")
+    limited = _range_of(rng if rng in ("FULL", "LIMITED") else None, limited, "y4m", path, notes)
+    luma = wid * hgt
+    if sub_x:
+        cw, ch = -(-wid // sub_x), -(-hgt // sub_y)
+        chroma = cw * ch
+    else:
+        chroma = 0
+    out = []
+    while len(out) < limit:
+        line = fh.readline(4096)
+        if not line:
+            break
+        if not line.startswith(b"FRAME") or not line.endswith(b"\n"):
+            raise MediaError(f"{path}: frame {len(out)} does not start with a FRAME line")
+        data = fh.read(luma + 2 * chroma)
+        if len(data) < luma + 2 * chroma:
+            raise MediaError(f"{path}: frame {len(out)} is truncated ({len(data)} of {luma + 2 * chroma} bytes)")
+        buf = np.frombuffer(data, np.uint8)
+        y = buf[:luma].reshape(hgt, wid)                         # [H, W]
+        if chroma:
+            u = buf[luma:luma + chroma].reshape(ch, cw)          # [h, w]
+            v = buf[luma + chroma:].reshape(ch, cw)
+        else:
+            u = v = np.full((hgt, wid), 128, np.uint8)           # mono: zero chroma
+        out.append(yuv_to_rgb(y, u, v, limited=limited, siting=siting))
     if not out:
         raise MediaError(f"{path}: the video has no frames")
     return np.stack(out), rate
 
 
-def _read_yuv(path, size, limited, limit):
+def _read_yuv(path, size, limited, limit, notes):
     if size is None:
         raise MediaError(f"{path}: a raw .yuv file needs its size (WxH) and frame rate given")
     wid, hgt = parse_size(size)
@@ -413,6 +490,7 @@ def _read_yuv(path, size, limited, limit):
         raise MediaError(f"{path}: file size {total} is not a multiple of the I420 frame size {fsize} "
                          f"for {wid}x{hgt}; wrong size?")
     n = min(total // fsize, limit)
+    limited = _range_of(None, limited, "yuv", path, notes)
     out = np.empty((n, hgt, wid, 3), np.uint8)                       # [N, H, W, 3]
     with open(path, "rb") as fh:
         for i in range(n):
@@ -424,25 +502,21 @@ def _read_yuv(path, size, limited, limit):
     return out, None
 
 
-def _read_png_dir(path, limit):
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
-    if not names:
-        raise MediaError(f"{path}: the directory holds no .png frames")
-    names = names[:limit]
+def _read_images(files, formats):
+    # still images as frames: 8-bit RGB, RGBA, L, LA or P (alpha dropped), all of one size; the frame rate from
+    # the first image's gvcc-fps text chunk (the PNG frames gvcc writes), else None
     out, rate, size = [], None, None
-    for i, name in enumerate(names):
-        fname = os.path.join(path, name)
+    for i, fname in enumerate(files):
         try:
-            with Image.open(fname) as im:
-                if im.format != "PNG":
-                    raise MediaError(f"{fname}: not a PNG file")
+            with Image.open(fname, formats=formats) as im:
                 if im.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-                    raise MediaError(f"{fname}: unsupported PNG mode {im.mode} (8-bit RGB, RGBA, L, LA or P)")
+                    raise MediaError(f"{fname}: unsupported {im.format} mode {im.mode} (8-bit RGB, RGBA, L, LA or P)")
                 if i == 0 and _PNG_FPS_KEY in getattr(im, "text", {}):
                     rate = parse_fps(im.text[_PNG_FPS_KEY])
                 frame = np.asarray(im.convert("RGB"))                  # [H, W, 3]
-        except OSError as exc:
-            raise MediaError(f"{fname}: not a readable PNG ({exc})") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            kinds = " or ".join(formats)
+            raise MediaError(f"{fname}: not a readable {kinds} image ({exc})") from None
         if size is None:
             size = frame.shape
         elif frame.shape != size:
@@ -462,8 +536,9 @@ def _probe_pix_fmt(path):
     text = proc.stderr.decode("utf-8", "replace")
     lines = [l for l in text.splitlines() if l.lstrip().startswith("Stream #") and " Video: " in l]
     if not lines:
-        last = [l for l in text.splitlines() if l.strip()]
-        raise MediaError(f"{path}: ffmpeg finds no video stream ({last[-1].strip() if last else 'no output'})")
+        last = [l for l in text.splitlines() if l.strip() and not l.startswith("Exiting with exit code")]
+        raise MediaError(f"{path}: not a video or image gvcc reads (ffmpeg finds no video stream: "
+                         f"{last[-1].strip() if last else 'no output'})")
     items = re.split(r",\s*(?![^()]*\))", lines[0].split(" Video: ", 1)[1])
     for item in items[1:]:
         m = re.fullmatch(r"([a-z][a-z0-9_]*)(?:\((.*)\))?", item.strip())
@@ -472,7 +547,7 @@ def _probe_pix_fmt(path):
             break
     else:
         raise MediaError(f"{path}: cannot find the pixel format in ffmpeg's stream line")
-    full = base.startswith("yuvj") or "pc" in attrs
+    tag = "FULL" if base.startswith("yuvj") or "pc" in attrs else "LIMITED" if "tv" in attrs else None
     matrix, siting = "unknown", "left"                               # untagged: H.264/HEVC defaults
     for a in attrs:
         name = a.split("/")[0]
@@ -481,12 +556,12 @@ def _probe_pix_fmt(path):
             matrix = name
         elif a in ("left", "center", "topleft", "top", "bottomleft", "bottom"):
             siting = a if a in SITINGS else "left"
-    return base, full, matrix, siting
+    return base, tag, matrix, siting
 
 
-def _read_ffmpeg(path, limit):
+def _read_ffmpeg(path, limited, limit, notes, warnings):
     import imageio_ffmpeg
-    base, full, matrix, siting = _probe_pix_fmt(path)
+    base, tag, matrix, siting = _probe_pix_fmt(path)
     ours = {"bt709": "bt709", "unknown": "bt709", "bt470bg": "bt601", "smpte170m": "bt601"}.get(matrix)
     if base in ("yuv420p", "yuvj420p") and ours:
         mode, pix_fmt, bits = "420", base, 12
@@ -508,6 +583,8 @@ def _read_ffmpeg(path, limit):
         meta = next(gen)
     luma = wid * hgt
     chroma = luma // 4 if mode == "420" else luma
+    if mode != "rgb":
+        limited = _range_of(tag, limited, "ffmpeg", path, notes)
     out = []
     try:
         for data in gen:
@@ -519,7 +596,7 @@ def _read_ffmpeg(path, limit):
                 y = buf[:luma].reshape(hgt, wid)
                 u = buf[luma:luma + chroma].reshape(ch, cw)
                 v = buf[luma + chroma:luma + 2 * chroma].reshape(ch, cw)
-                out.append(yuv_to_rgb(y, u, v, limited=not full, matrix=ours, siting=siting))
+                out.append(yuv_to_rgb(y, u, v, limited=limited, matrix=ours, siting=siting))
             if len(out) >= limit:
                 break
     except RuntimeError as exc:
@@ -529,6 +606,12 @@ def _read_ffmpeg(path, limit):
     if not out:
         raise MediaError(f"{path}: the video has no frames")
     fps = meta.get("fps") or 0
+    # A cut-off file (a copy or download that stopped early) decodes up to the cut without an error: compare
+    # with the duration the container declares, so that nobody codes half a clip without knowing it.
+    expected = round((meta.get("duration") or 0) * fps)
+    if len(out) < limit and len(out) + 1 < expected:
+        warnings.append(f"{path}: the container declares {meta['duration']:.2f} s at {fps:g} fps (about "
+                        f"{expected} frames) but only {len(out)} could be decoded: the file looks truncated")
     return np.stack(out), (_fraction_from_float(fps) if fps > 0 else None)
 
 
@@ -551,18 +634,50 @@ def _output_kind(path):
                      f"or a directory for PNG frames)")
 
 
+def check_folder(path):
+    """Raise MediaError unless a file or folder named `path` can be created: its folder exists and is writable.
+
+    Writability is tried, not guessed from permission bits (root, ACLs, read-only mounts): a temporary file is
+    made in the folder and removed.
+    """
+    parent = os.path.dirname(os.path.abspath(os.fspath(path).rstrip("/\\")))
+    if not os.path.isdir(parent):
+        raise MediaError(f"{path}: folder {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".gvcc-probe-")
+    except OSError as exc:
+        raise MediaError(f"{path}: cannot write in folder {parent} ({exc.strerror})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_target(path, *, overwrite=False, inputs=()):
+    """Raise MediaError if writing `path` would lose data or fail for want of a folder; for a CLI, before work.
+
+    Never writes over one of `inputs` (the same file under any name: links are compared by device and inode),
+    even with overwrite; an existing output (a file, or a folder with entries) only with overwrite (ffmpeg's -y).
+    """
+    path = os.fspath(path)
+    if os.path.exists(path):
+        for src in inputs:
+            if src is not None and src != "-" and os.path.exists(src) and os.path.samefile(path, src):
+                raise MediaError(f"{path}: is also the input {src}; refusing to write over it")
+        occupied = not os.path.isdir(path) or os.listdir(path)
+        if occupied and not overwrite:
+            raise MediaError(f"{path}: already exists; give -y to overwrite it")
+    check_folder(path)
+
+
 def check_output(path, width, height, fps=None, frames=1):
     """Raise MediaError now if write_video(path, ...) of a width x height video would fail later.
 
-    For a CLI to call before a long decode: supported kind, a parent directory that exists, even size where
-    4:2:0 needs it, and (when fps is given) a frame rate that the container can hold for `frames` frames.
+    For a CLI to call before a long decode: supported kind, a parent folder that exists and is writable, even size
+    where 4:2:0 needs it, and (when fps is given) a frame rate that the container can hold for `frames` frames.
     """
     kind = _output_kind(path)
     if fps is not None:
         _check_rate(path, kind, parse_fps(fps), frames)
-    parent = os.path.dirname(os.path.abspath(os.fspath(path).rstrip("/\\")))
-    if not os.path.isdir(parent):
-        raise MediaError(f"{path}: directory {parent} does not exist")
+    check_folder(path)
     if kind in ("mp4", "mkv", "yuv") and (width % 2 or height % 2):
         raise MediaError(f"{path}: .{kind} output is 4:2:0 and needs an even width and height, got "
                          f"{width}x{height}; write .y4m or a PNG directory instead (gvcc does not resize)")
@@ -1081,13 +1196,17 @@ def bd_quality(rate_a, quality_a, rate_b, quality_b, *, method="cubic"):
 # ==================================================================================================
 
 METRICS = ("psnr", "psnr_yuv", "psnr_y", "psnr_u", "psnr_v", "ms_ssim", "lpips")
+# Means count every PSNR at most this many dB (libvmaf's 8-bit cap, 6 * 8 + 12), so that one frame identical
+# to the reference (infinite PSNR) does not turn a sequence's mean into inf and hide the frames that differ.
+PSNR_CAP = 60.0
 
 CONVENTIONS = {
     "psnr": "RGB in [0, 1], peak 1, per frame",
     "psnr_yuv": "(6 Y + U + V) / 8 of per-plane PSNRs; BT.709 full range, chroma 4:2:0 by 2x2 means, peak 1",
     "ms_ssim": "5 scales, 11x11 Gaussian sigma 1.5, weights of Wang et al. 2003, per RGB channel then mean",
     "lpips": "LPIPS v0.1 AlexNet, inputs in [-1, 1]",
-    "aggregation": "mean: over frames; gop_mean: over GOP means; PSNR averaged in dB",
+    "aggregation": f"mean: over frames; gop_mean: over GOP means; PSNR averaged in dB, each frame's PSNR "
+                   f"counted at most {PSNR_CAP:g} dB (identical frames are inf per frame)",
     "rate": "bpp = file bits / (source width x height x frames)",
 }
 
@@ -1136,7 +1255,9 @@ def evaluate(ref, dec, *, gop=33, use_lpips=True, progress=None):
 
     def mean(rs, key):
         vals = [r[key] for r in rs]
-        return None if any(v is None for v in vals) else float(np.mean(vals))
+        if any(v is None for v in vals):
+            return None
+        return float(np.mean([min(v, PSNR_CAP) for v in vals] if key.startswith("psnr") else vals))
     ranges = [(first, gop) for first in range(0, n, gop)] if isinstance(gop, int) else gop
     gops = []
     for g, (first, length) in enumerate(ranges):
@@ -1248,7 +1369,7 @@ def format_table(result):
 
 
 def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None, size=None, fps=None,
-              limited_range=False, resize_to=None, use_lpips=True, out=None, progress=None):
+              limited_range=None, resize_to=None, use_lpips=True, out=None, progress=None, overwrite=False):
     """`gvcc eval`: compare a decoded video with its reference, print the table, optionally write JSON.
 
     ref, dec: video paths (any read_video input). bitstream: the coded file, for the rate. json_out: path of
@@ -1257,9 +1378,12 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     boundary frames counted in both GOPs), else 33. size ('WxH'), fps, limited_range: how to read raw .yuv
     inputs (fps also fills in a
     rate that neither file carries). resize_to ('WxH'): compare at this working resolution, resizing (Lanczos)
-    whichever video is not already at it; without it the sizes must match. Returns the report dict.
+    whichever video is not already at it; without it the sizes must match. overwrite: replace an existing
+    json_out (never one of the inputs). Returns the report dict.
     """
     out = out or sys.stdout
+    if json_out is not None:            # before reading anything: a bad target must not cost the whole eval
+        check_target(json_out, overwrite=overwrite, inputs=(ref, dec, bitstream))
     r = _read(ref, size=size, fps=fps, limited_range=limited_range, frames=frames)
     d = _read(dec, size=size, fps=fps, limited_range=limited_range, frames=frames)
     rate_fps = r.fps or d.fps
@@ -1292,7 +1416,7 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     same = [row["frame"] for row in metrics["per_frame"] if row["psnr"] == math.inf]
     if same:
         metrics["notes"].append(f"{len(same)} frame(s) identical to the reference (first: {same[0]}): PSNR is "
-                                f"inf there and in every mean over them (null in JSON)")
+                                f"inf there (null in JSON); the means count it as {PSNR_CAP:g} dB")
     result.update(metrics)
     print(format_table(result), file=out)
     if json_out is not None:
@@ -1325,8 +1449,8 @@ def add_eval_arguments(parser):
                                                       "video is not at it, e.g. the reference to the paper's 1280x720)")
     parser.add_argument("--yuv-size", metavar="WxH", help="frame size of raw .yuv inputs")
     parser.add_argument("--fps", help="frame rate of inputs that carry none (e.g. 30000/1001)")
-    parser.add_argument("--limited-range", action="store_true",
-                        help="untagged .yuv/.y4m inputs are limited range (default: full range)")
+    add_range_arguments(parser)
+    add_overwrite_arguments(parser)
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even if it is available")
 
 
@@ -1334,5 +1458,26 @@ def run_eval(args):
     """Run eval_main from the arguments add_eval_arguments defined; progress goes to stderr."""
     return eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
                      frames=args.frames, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
-                     resize_to=args.size, use_lpips=not args.no_lpips,
+                     resize_to=args.size, use_lpips=not args.no_lpips, overwrite=args.overwrite,
                      progress=lambda msg: print(msg, file=sys.stderr))
+
+
+def add_range_arguments(parser):
+    """--limited-range / --full-range: the range of inputs whose file carries no range tag (dest limited_range)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--limited-range", dest="limited_range", action="store_true", default=None,
+                       help="inputs without a range tag are limited range (16-235). Without either flag, as "
+                            "ffmpeg: a .y4m without XCOLORRANGE and an untagged video file are limited range; a "
+                            "raw .yuv is full range, as the learned-codec literature reads UVG. A tag in the file "
+                            "always wins, and gvcc says on stderr which range it assumed")
+    group.add_argument("--full-range", dest="limited_range", action="store_false",
+                       help="inputs without a range tag are full range (0-255)")
+
+
+def add_overwrite_arguments(parser):
+    """-y / -n as in ffmpeg (dest overwrite): gvcc never asks, so without -y it behaves as -n."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-y", dest="overwrite", action="store_true", default=False,
+                       help="overwrite existing outputs (never an input)")
+    group.add_argument("-n", dest="overwrite", action="store_false",
+                       help="never overwrite: stop if an output exists (the default)")

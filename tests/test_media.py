@@ -233,7 +233,7 @@ def raises_one_line(fn, *args, match, **kw):
 def test_read_errors(tmp_path):
     raises_one_line(media.read_video, str(tmp_path / "nope.y4m"), match="no such file")
     (tmp_path / "a.txt").write_bytes(b"x")
-    raises_one_line(media.read_video, str(tmp_path / "a.txt"), match="unsupported extension '.txt'")
+    raises_one_line(media.read_video, str(tmp_path / "a.txt"), match="not a video or image gvcc reads")
     (tmp_path / "a.yuv").write_bytes(bytes(99))
     raises_one_line(media.read_video, str(tmp_path / "a.yuv"), size=(7, 4), fps=25, match="even width and height")
     raises_one_line(media.read_video, str(tmp_path / "a.yuv"), size=(8, 4), fps=25, match="not a multiple")
@@ -513,7 +513,12 @@ def test_eval_main_table_and_json(tmp_path):
     assert data["rate"]["kbps"] == pytest.approx(8000 / (7 / 16) / 1000)   # the .yuv takes the PNGs' rate
     exp = media.psnr(ref[:3], dec[:3]).mean()
     assert data["per_gop"][0]["psnr"] == pytest.approx(exp, abs=1e-12)
-    assert res["sequence"]["psnr"] == math.inf
+    # the identical frame counts as PSNR_CAP in the means, so they stay finite and show the 6 differing frames
+    capped = [min(r["psnr"], media.PSNR_CAP) for r in res["per_frame"]]
+    assert res["per_frame"][3]["psnr"] == math.inf and max(capped[:3] + capped[4:]) < media.PSNR_CAP
+    assert res["sequence"]["psnr"] == pytest.approx(np.mean(capped), abs=1e-12)
+    assert data["sequence"]["psnr"] == pytest.approx(np.mean(capped), abs=1e-12)
+    assert "inf" not in text.splitlines()[-2] and f"means count it as {media.PSNR_CAP:g} dB" in text
 
 
 def test_eval_rate_from_gvcc_header(tmp_path):

@@ -796,17 +796,19 @@ def stream_bytes(hdr, still_sizes, residual_sizes):
 
 
 def pick_atoms(hdr, target_bits, still_sizes):
-    """The largest M whose whole file stays within target_bits, by bisection (M is the paper's rate knob).
+    """The largest M whose whole file stays within target_bits (M is the paper's rate knob).
 
     The file's size is exact before coding except the I2V tail residual, which is known only after coding and
-    is counted here by its length field alone. Returns (header with M and M_tail set, predicted file bits,
-    note): note says why the target cannot be met when M had to stop at its cap; GvccError if even M = 1 is
-    too much.
+    is counted here by its length field alone. Per latent frame M costs ceil(log2 C(K, M)) + M bits, which grows
+    with M up to about 2K/3 and shrinks after it: the largest M that fits is the cap when the cap fits, else it
+    is found by bisection below the peak. Returns (header with M and M_tail set, predicted file bits, note):
+    note says why the target cannot be reached when M stopped at its cap. GvccError when even M = 1 is too much.
     """
     import dataclasses
 
     import bitstream
     residuals = [0] * len(bitstream.gop_layout(hdr))
+    pixels = hdr.src_width * hdr.src_height * hdr.frames
 
     def with_m(m):
         return dataclasses.replace(hdr, M=m, M_tail=min(max(m, hdr.M_tail), hdr.K) if hdr.tail_frames else m)
@@ -817,20 +819,24 @@ def pick_atoms(hdr, target_bits, still_sizes):
     if bits(1) > target_bits:
         header = 8 * len(bitstream.write_header(with_m(1)))
         stills = 8 * sum(still_sizes)
-        why = (f"the header alone is {header // 8} bytes" if header > target_bits else
-               f"the header, framing{', stills' if stills else ''} and M = 1 need {bits(1) // 8} bytes"
-               f"{f' ({stills // 8} of them stills)' if stills else ''}; fewer --steps, a smaller -K or "
-               f"longer GOPs cost less")
-        raise GvccError(f"rate target {target_bits} bits for the file cannot be met: {why}")
+        why = (f"the header alone is {header // 8} bytes = {header / pixels:.5f} bpp" if header > target_bits else
+               f"the header, framing{', stills' if stills else ''} and M = 1 make {bits(1) // 8} bytes = "
+               f"{bits(1) / pixels:.5f} bpp{f' ({stills // 8} bytes of stills)' if stills else ''}; fewer --steps, "
+               f"a smaller -K or longer GOPs cost less")
+        raise GvccError(f"the rate target ({target_bits / pixels:.5f} bpp) cannot be met: {why}")
     cap = min(hdr.K, bitstream.MAX_M)
-    lo, hi = 1, cap
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if bits(mid) <= target_bits else (lo, mid - 1)
+    if bits(cap) <= target_bits:
+        lo = cap
+    else:
+        lo, hi = 1, min(cap, (2 * hdr.K - 1) // 3)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if bits(mid) <= target_bits else (lo, mid - 1)
     note = None
     if lo == cap and bits(cap) < target_bits:
         limit = f"K = {hdr.K}" if cap == hdr.K else f"the format's limit {bitstream.MAX_M}"
-        note = f"M is capped at {limit}, so the file stays below the target; raise -K or --steps for more bits"
+        note = (f"M is capped at {limit}, which makes {bits(cap) / pixels:.5f} bpp; raise -K or --steps for more "
+                f"bits")
     return with_m(lo), bits(lo), note
 
 
@@ -899,8 +905,9 @@ def cmd_encode(args):
         raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
     if not 0 <= args.tail_steps <= args.steps or args.steps < 1:
         raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: need 0 <= tail <= steps, steps >= 1")
+    rate_target = args.bpp is not None or args.kbps is not None
     default_m = 64 if width * height <= 1280 * 720 else 80
-    m = args.M if args.M is not None else default_m
+    m = args.M if args.M is not None else 1 if rate_target else default_m      # a rate target picks M below
     if not 1 <= m <= args.K:
         raise GvccError(f"-M {m} must be between 1 and K = {args.K}")
     tail_frames = 2 if mode == "i2v" else 0
@@ -931,7 +938,7 @@ def cmd_encode(args):
     bitstream.check_header(hdr)             # every field within the format's limits before any work
     pixels = src_w * src_h * n
     target_bits = None
-    if args.bpp is not None or args.kbps is not None:
+    if rate_target:
         # the target is the whole file's rate: bits per source pixel, or kbit/s at the source frame rate
         target_bits = args.bpp * pixels if args.bpp is not None else args.kbps * 1000 * n / fps
         target = f"--bpp {args.bpp:g}" if args.bpp is not None else f"--kbps {args.kbps:g}"

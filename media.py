@@ -13,9 +13,10 @@ Code values (H.273 eq. for VideoFullRangeFlag; "round" is floor(x + 0.5), then c
     full range (default):  Y = round(255 E'Y),      Cb = round(255 E'Pb + 128),  Cr likewise
     limited range:         Y = round(219 E'Y + 16), Cb = round(224 E'Pb + 128),  Cr likewise
 YCbCr -> RGB is the exact inverse, rounded and clipped to uint8.
-Full range is the default, as the learned-codec literature converts UVG's raw .yuv; `limited_range=True` is for
-inputs that carry no range of their own (.yuv, a .y4m without XCOLORRANGE). Tagged inputs use their tag, and a
-video file without a range tag is limited range, as H.264/HEVC/AV1 define the absent flag.
+A range tag in the file always decides (XCOLORRANGE in .y4m, the range of a video file's stream). Where the file
+says nothing, the caller's `limited_range` decides, and without one gvcc follows ffmpeg: a .y4m without
+XCOLORRANGE and an untagged video file are limited range (the absent H.264/HEVC/AV1 flag), while a raw .yuv is
+full range, as the learned-codec literature converts UVG's raw .yuv. The reader's notes say which was assumed.
 Chroma 4:2:0: gvcc *writes* chroma as the mean of each 2x2 block (centre siting: C420jpeg in .y4m,
 chroma_sample_location=center in .mp4; odd sizes repeat the last row/column). It *reads* chroma by linear
 interpolation at the siting the input declares: centre for .yuv, C420 and C420jpeg; horizontally co-sited for
@@ -27,12 +28,15 @@ matrix in 14-bit fixed point (R = Y + 1.140 V', G = Y - 0.395 U' - 0.581 V', B =
 range expansion), both bit-exact in integer numpy (checked against opencv-python-headless in the tests).
 
 ## File formats
-| extension | read | write |
+Inputs are recognised by content (`input_kind`); outputs by extension.
+| input | read | write |
 |---|---|---|
-| .y4m | C420, C420jpeg, C420mpeg2, C420paldv, C422, C444, Cmono; 8 bit; XCOLORRANGE honoured | C420jpeg, XCOLORRANGE set |
-| .yuv | raw I420 8 bit; size (W, H) and fps must be given; even W, H | I420, even W, H |
-| .mp4 .mkv .webm .mov | imageio-ffmpeg; 8-bit 4:2:0 / 4:4:4 with BT.709 or BT.601 matrix (or none: BT.709) is converted here, anything else (10 bit, BT.2020, RGB codecs) by ffmpeg to rgb24 | .mp4 / .mkv: libx264 yuv420p crf 12, BT.709 primaries, transfer and matrix, range, centre chroma in the VUI; even W, H only |
+| .y4m, or any file starting `YUV4MPEG2 `, or `-` (stdin) | C420, C420jpeg, C420mpeg2, C420paldv, C422, C444, Cmono; 8 bit; XCOLORRANGE honoured | .y4m: C420jpeg, XCOLORRANGE set |
+| .yuv (by name: raw has no header) | raw I420 8 bit; size (W, H) and fps must be given; even W, H | I420, even W, H |
+| any other video file (.mp4 .mov .mkv .webm .avi ...) | the bundled ffmpeg; 8-bit 4:2:0 / 4:4:4 with BT.709 or BT.601 matrix (or none: BT.709) is converted here, anything else (10 bit, BT.2020, RGB codecs) by ffmpeg to rgb24; a file that decodes to fewer frames than its container declares is read with a warning (truncated) | .mp4 / .mkv: libx264 yuv420p crf 12, BT.709 primaries, transfer and matrix, range, centre chroma in the VUI; even W, H only |
 | directory | every *.png in name order (8-bit RGB, RGBA, L, LA, P; alpha dropped) | 000000.png ... with the frame rate in a `gvcc-fps` text chunk |
+| `frames/%06d.png` pattern, or one image | as ffmpeg's image2: numbered files from the first of indexes 0..4 that exists, while they exist; one image is one frame; PNG, JPEG, BMP, TIFF, WebP, PPM, AVIF, GIF | - |
+Images without a `gvcc-fps` chunk have no frame rate: read_video gives them 25 fps, ffmpeg's image2 default.
 A 4:2:0 .mp4 cannot hold an odd width or height (H.264 crops in 2-pixel units), and gvcc never resizes behind the
 user's back: writing an odd size to .mp4 / .mkv / .yuv is a MediaError that names .y4m and PNG as the way out.
 Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end.
@@ -411,7 +415,8 @@ def _range_of(tag, limited, kind, name, notes):
         return tag == "LIMITED"
     if limited is None:
         limited = UNTAGGED_RANGE[kind].startswith("limited")
-        notes.append(f"{name}: no colour range tag, read as {UNTAGGED_RANGE[kind]}; say which if it is not")
+        notes.append(f"{name}: no colour range tag, read as {UNTAGGED_RANGE[kind]}; give "
+                     f"--{'full' if limited else 'limited'}-range if it is not")
     return limited
 
 
@@ -1391,6 +1396,7 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     if n_ref != n_dec:
         raise MediaError(f"frame counts differ: {ref} has {n_ref}, {dec} has {n_dec}; give frames to compare "
                          f"the first {min(n_ref, n_dec)}")
+    reading = r.notes + r.warnings + d.notes + d.warnings         # what the readers assumed or found wrong
     src_h, src_w = r.frames.shape[1:3]
     ref_frames, dec_frames = r.frames, d.frames
     if resize_to is not None:
@@ -1413,6 +1419,7 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
         gop = gop if gop is not None else 33
         result["gop"] = gop
     metrics = evaluate(ref_frames, dec_frames, gop=gop, use_lpips=use_lpips, progress=progress)
+    metrics["notes"][:0] = reading
     same = [row["frame"] for row in metrics["per_frame"] if row["psnr"] == math.inf]
     if same:
         metrics["notes"].append(f"{len(same)} frame(s) identical to the reference (first: {same[0]}): PSNR is "

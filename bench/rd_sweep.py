@@ -72,7 +72,7 @@ class Reference:
     rgb: object            # uint8 [N, H, W, 3]: the planes' RGB, what every decoded video is measured against
 
 
-def prepare_reference(src, out_dir, *, yuv_size=None, fps=None, limited_range=False, frames=None, resize=None):
+def prepare_reference(src, out_dir, *, yuv_size=None, fps=None, limited_range=None, frames=None, resize=None):
     """Cut and resize SRC, write OUTDIR/ref.y4m and OUTDIR/ref.yuv (identical full-range planes)."""
     os.makedirs(out_dir, exist_ok=True)
     video = media.read_video(src, size=yuv_size, fps=fps, limited_range=limited_range, frames=frames)
@@ -123,9 +123,9 @@ def run_gvcc(ref, out_dir, M, K, *, weights, model, extra_args=(), gvcc_py=GVCC_
     """Encode and decode the reference with gvcc at (M, K) through its CLI; returns the point (no metrics yet)."""
     stem = os.path.join(out_dir, f"gvcc_M{M}_K{K}")
     stream, decoded = stem + ".gvcc", stem + ".y4m"
-    enc = [python, gvcc_py, "encode", ref.y4m, stream, "-M", str(M), "-K", str(K), "--weights", weights,
+    enc = [python, gvcc_py, "encode", ref.y4m, stream, "-y", "-M", str(M), "-K", str(K), "--weights", weights,
            "--model", model, *extra_args]
-    dec = [python, gvcc_py, "decode", stream, decoded, "--weights", weights]
+    dec = [python, gvcc_py, "decode", stream, decoded, "-y", "--weights", weights]
     dec += [a for a in extra_args if a in ("--quiet",)] + _runtime_args(extra_args)
     enc_s = _run(enc, f"gvcc encode M={M} K={K}", quiet=quiet)
     dec_s = _run(dec, f"gvcc decode M={M} K={K}", quiet=quiet)
@@ -387,7 +387,7 @@ def parse_grid(text):
 
 def sweep(src, out_dir, *, grid=(), weights=None, model=None, gvcc_args=(), anchors=("x264", "x265", "av1"),
           anchor_bpp=None, bd_anchor="x265", bd_method="pchip", gop=33, frames=None, resize=None, yuv_size=None, fps=None,
-          limited_range=False, use_lpips=True, preset=None, log=lambda msg: print(msg, file=sys.stderr)):
+          limited_range=None, use_lpips=True, preset=None, log=lambda msg: print(msg, file=sys.stderr)):
     """Run the whole sweep; returns (rows, bd_rows, failures). Writes rd.csv, bd.csv and rd.png into out_dir.
 
     A gvcc failure stops the sweep; an anchor that fails at one rate is logged, listed in `failures` and skipped.
@@ -448,7 +448,7 @@ def main(argv=None):
     p.add_argument("--resize", metavar="WxH", help="code and measure at this working size (Lanczos)")
     p.add_argument("--yuv-size", metavar="WxH", help="frame size of a raw .yuv SRC")
     p.add_argument("--fps", help="frame rate of a raw .yuv SRC")
-    p.add_argument("--limited-range", action="store_true", help="a .yuv / untagged .y4m SRC is limited range")
+    media.add_range_arguments(p)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when it is available")
     a = p.parse_args(argv)
     rows, bd_rows, failures = sweep(

@@ -1,5 +1,6 @@
 """The command line as a user runs it: encode, decode, info, determinism, and clean failures."""
 import os
+import re
 import subprocess
 from fractions import Fraction
 
@@ -71,7 +72,7 @@ def test_rate_target_picks_m(clip, tiny_weights, tmp_path):
     out = gvcc_cli("encode", clip, str(tmp_path / "r.gvcc"), "--weights", tiny_weights, "--model", "tiny-t2v",
                    "-K", "64", "--steps", "5", "--tail-steps", "2", "--gop", "9", "--bpp", "0.2", "--quiet")
     assert "M = " in out.stderr
-    m = int(out.stderr.split("M = ")[1].split()[0])
+    m = int(re.search(r"M = (\d+)", out.stderr).group(1))
     assert 1 <= m <= 64
 
 

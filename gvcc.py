@@ -1376,7 +1376,10 @@ def main(argv=None):
     from bitstream import BitstreamError
     from media import MediaError
     from wan_model import WeightsError
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:                  # not the main thread (an embedding program): leave signals to it
+        previous = None
     try:
         handlers[args.command](args)
     except (GvccError, BitstreamError, MediaError, WeightsError) as exc:
@@ -1393,7 +1396,8 @@ def main(argv=None):
         print("gvcc: terminated (SIGTERM); partial outputs removed", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     # Done: the output is published. A Ctrl-C from now on would only break the interpreter's exit hooks
     # (a traceback from an atexit callback, with exit status 0), so it is ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

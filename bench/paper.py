@@ -167,7 +167,7 @@ def run_sequence(seq, mode, quality, run_dir, args):
     os.makedirs(seq_dir, exist_ok=True)
     gt_dir, stream, recon_dir = (os.path.join(seq_dir, x) for x in ("ground_truth", "stream.gvcc", "recon"))
     media.write_video(gt_dir, gt, fps)
-    argv = ["encode", gt_dir, stream, "--weights", args.weights, "--recon", recon_dir,
+    argv = ["encode", gt_dir, stream, "-y", "--weights", args.weights, "--recon", recon_dir,
             *(["--quiet"] if args.quiet else []), *encode_args(mode, args, quality)]
     if gvcc.main(argv) != 0:
         raise PaperError(f"{name} {mode}: gvcc.py {shlex.join(argv)} failed")

@@ -301,7 +301,7 @@ def test_eval_and_decode_on_the_runners_output(run, tiny_weights, tmp_path, caps
     i2v = next(r for r in summary["runs"] if r["mode"] == "i2v")
     assert res["sequence_gop_mean"]["psnr"] == pytest.approx(i2v["sequences"][0]["psnr"])
     assert cli(capsys, "eval", gt, recon, "--bitstream", stream, "--json", report, "--frames", "5",
-               "--size", "32x24", "--no-lpips")[0] == 0
+               "--size", "32x24", "--no-lpips", "-y")[0] == 0
     res = json.load(open(report))
     assert len(res["per_frame"]) == 5 and [g["frames"] for g in res["per_gop"]] == [5, 1]
     assert res["compared_at"] == {"width": 32, "height": 24}

@@ -168,7 +168,9 @@ PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57   # round multipliers
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85   # key schedule (golden ratio, sqrt(3) - 1)
 MASK32 = 0xFFFFFFFF
 STREAM_NOISE, STREAM_CODEBOOK = 0, 1            # key word k1: what the numbers are for
-GENERATOR_ID = 1                                # bitstream id of this generator + Gaussian transform
+STREAM_SHIFT_VECTOR, STREAM_PERMUTATION = 2, 3  # generator 2: the vector g, the permutation P
+GENERATOR_IID, GENERATOR_SHIFT = 1, 2           # header `generator`: i.i.d. atoms, shifted atoms (below)
+CODEBOOKS = {"iid": GENERATOR_IID, "shift": GENERATOR_SHIFT}     # encode --codebook
 
 
 def _mulhilo(m, x):
@@ -184,7 +186,10 @@ def _mulhilo(m, x):
 
 
 def philox4x32(counter, key):
-    """Philox4x32-10 on four int64 tensors of u32 counter words (broadcastable); key is two python ints."""
+    """Philox4x32-10 on four int64 tensors of u32 counter words (broadcastable).
+
+    key: two u32 words, python ints or 0-d int64 tensors (tensors let a compiled caller vary the key).
+    """
     c0, c1, c2, c3 = counter
     k0, k1 = key[0] & MASK32, key[1] & MASK32
     for i in range(10):
@@ -213,9 +218,21 @@ def _horner(coefs, q):
     return p
 
 
+def _frexp(v):
+    """frexp of positive normal float64 values, read off the bits: v = m 2^e with m in [0.5, 1).
+
+    Same results as torch.frexp on these inputs, written with integer operations so that torch.compile's
+    Inductor can fuse it (it has no frexp kernel).
+    """
+    bits = v.view(torch.int64)
+    e = (bits >> 52) - 1022                                     # biased exponent 1023 is m in [1, 2)
+    m = ((bits & ((1 << 52) - 1)) | (1022 << 52)).view(torch.float64)
+    return m, e
+
+
 def _box_muller(a, b):
     """Two standard normals (float32) from two int64 tensors of u32 words; see the module docstring."""
-    m, e = torch.frexp(2.0 * a.to(torch.float64) + 1.0)      # 2a + 1 < 2^33 is exact in float64
+    m, e = _frexp(2.0 * a.to(torch.float64) + 1.0)           # 2a + 1 < 2^33 is exact in float64
     low = m < SQRT_HALF
     m = torch.where(low, 2.0 * m, m)
     e = e.to(torch.float64) - low.to(torch.float64)
@@ -236,24 +253,37 @@ def _box_muller(a, b):
     return (r * cos_t).to(torch.float32), (r * sin_t).to(torch.float32)
 
 
-def gaussian(seed, stream, step, frame, atoms, n, device="cpu"):
+def philox_gaussian(c0, c1, c2, c3, k0, k1):
+    """Counters -> standard normals: [..., 4] float32, lane i from Philox output word i (see the docstring).
+
+    All arguments are int64 tensors (broadcastable) of u32 words: the counter (c0, c1, c2, c3), the key (k0, k1).
+    """
+    x0, x1, x2, x3 = philox4x32((c0, c1, c2, c3), (k0, k1))
+    z0, z1 = _box_muller(x0, x1)
+    z2, z3 = _box_muller(x2, x3)
+    return torch.stack([z0, z1, z2, z3], dim=-1)
+
+
+def gaussian(seed, stream, step, frame, atoms, n, device="cpu", fast=True):
     """Standard normals of the given atoms: [A] int64 atom indices -> [A, n] float32 (elements 0..n-1).
 
-    The result depends only on the addresses, so the work is split freely: on a CPU, in groups of atoms of
-    about 2^17 counters each, which keeps the ~400 elementwise passes of Philox and Box-Muller in cache.
+    The result depends only on the addresses, so the work is split freely. The reference path (eager torch)
+    works on a CPU in groups of atoms of about 2^17 counters each, which keeps the ~400 elementwise passes of
+    Philox and Box-Muller in cache. With fast=True, large CPU requests go through the compiled kernel of
+    section "Fast exact generator" instead (the same bits; `fast=False` forces the reference).
     """
     atoms = torch.as_tensor(atoms, dtype=torch.int64, device=device)
     n4 = (n + 3) // 4
+    if fast and not atoms.is_cuda and len(atoms) * n4 >= FUSED_MIN_COUNTERS and fused_cpu_available():
+        return _gaussian_fused_cpu(seed, stream, step, frame, atoms, n)
     group = len(atoms) if atoms.is_cuda else max(1, (1 << 17) // n4)
     out = torch.empty(len(atoms), 4 * n4, dtype=torch.float32, device=device)      # [A, 4 n4]
     c0 = torch.arange(n4, dtype=torch.int64, device=device)[None, :]             # [1, n4]
     for start in range(0, len(atoms), group):
         c1 = atoms[start:start + group, None]                                      # [a, 1]
         w0, w1 = (w.contiguous() for w in torch.broadcast_tensors(c0, c1))       # [a, n4] each
-        x0, x1, x2, x3 = philox4x32((w0, w1, torch.full_like(w0, step), torch.full_like(w0, frame)), (seed, stream))
-        z0, z1 = _box_muller(x0, x1)
-        z2, z3 = _box_muller(x2, x3)
-        out[start:start + group] = torch.stack([z0, z1, z2, z3], dim=-1).reshape(-1, 4 * n4)   # [a, 4 n4]
+        z = philox_gaussian(w0, w1, torch.full_like(w0, step), torch.full_like(w0, frame), seed, stream)
+        out[start:start + group] = z.reshape(-1, 4 * n4)                          # [a, 4 n4]
     return out[:, :n]
 
 
@@ -262,6 +292,59 @@ def initial_noise(seed, shape, device="cpu"):
     c, f, h, w = shape
     frames = [gaussian(seed, STREAM_NOISE, 0, i, [0], c * h * w, device)[0].reshape(c, h, w) for i in range(f)]
     return torch.stack(frames, dim=1)                                           # [C, F, h, w]
+
+
+# ==================================================================================================
+# Fast exact generator: the same numbers through torch.compile on a CPU
+# ==================================================================================================
+# philox_gaussian is elementwise, so Inductor fuses its ~400 passes into a few loops in C++ over a block of
+# counters that stays in cache. Inductor compiles with -ffp-contract=off and without unsafe-math (torch's
+# default), so each + - * / sqrt is one IEEE operation as in eager; the kernel is nevertheless checked bit for
+# bit against the eager reference on a full block of varied addresses before it is first used, and gvcc falls
+# back to the reference path if compiling fails or a bit differs. Set GVCC_NO_COMPILE=1 to skip it.
+
+FUSED_BLOCK = 1 << 16           # counters per compiled call: one static shape, one compilation per process
+FUSED_MIN_COUNTERS = 1 << 20    # smaller requests stay eager (the first compilation takes about a minute)
+_fused_cpu = {}                 # "fn": the compiled philox_gaussian, "ok": whether it passed the check
+
+
+def fused_cpu_available():
+    """Compile philox_gaussian once per process and check it against the eager reference; True if usable."""
+    if "ok" not in _fused_cpu:
+        _fused_cpu["ok"] = False
+        if os.environ.get("GVCC_NO_COMPILE"):
+            return False
+        try:
+            fn = torch.compile(philox_gaussian, dynamic=False, fullgraph=True)
+            i = torch.arange(FUSED_BLOCK, dtype=torch.int64)                              # [B]
+            c0, c1 = i * 7919 % 25440, (i * 2654435761) & MASK32                          # varied counters
+            args = [torch.tensor(v, dtype=torch.int64) for v in (16, 8, 0xFFFFFFFF, 1)]   # step, frame, key
+            want = philox_gaussian(c0, c1, *args)                                         # [B, 4]
+            got = fn(c0, c1, *args)
+            _fused_cpu["ok"] = torch.equal(got.view(torch.int32), want.view(torch.int32))
+            _fused_cpu["fn"] = fn
+            if not _fused_cpu["ok"]:
+                print("gvcc: warning: the compiled generator differs from the reference here; using the "
+                      "eager path", file=sys.stderr)
+        except Exception as exc:            # no C++ compiler, an Inductor limitation: the eager path works
+            print(f"gvcc: warning: torch.compile of the generator failed ({type(exc).__name__}); using the "
+                  f"eager path", file=sys.stderr)
+    return _fused_cpu["ok"]
+
+
+def _gaussian_fused_cpu(seed, stream, step, frame, atoms, n):
+    """gaussian() through the compiled kernel: the flattened [A, n4] counters in blocks of FUSED_BLOCK."""
+    fn = _fused_cpu["fn"]
+    a, n4 = len(atoms), (n + 3) // 4
+    total = a * n4
+    out = torch.empty(total, 4, dtype=torch.float32)                                  # [A n4, 4]
+    scalars = [torch.tensor(v & MASK32, dtype=torch.int64) for v in (step, frame, seed, stream)]
+    for start in range(0, total, FUSED_BLOCK):
+        i = torch.arange(start, start + FUSED_BLOCK, dtype=torch.int64).clamp_(max=total - 1)   # [B] padded
+        z = fn(i % n4, atoms[i // n4], *scalars)                                      # [B, 4]
+        stop = min(total, start + FUSED_BLOCK)
+        out[start:stop] = z[:stop - start]
+    return out.reshape(a, 4 * n4)[:, :n]
 
 
 # ==================================================================================================
@@ -304,6 +387,7 @@ class SamplerSettings:
     shift: float        # time-grid shift (header: thousandths)
     K: int              # atoms per codebook
     seed: int           # generator seed (u32)
+    generator: int = GENERATOR_IID   # codebook: 1 = i.i.d. atoms, 2 = shifts of one vector (header `generator`)
 
     @property
     def sde_steps(self):
@@ -325,8 +409,9 @@ def run_gop(velocity, settings, shape, choose, device="cpu", on_step=None):
         u = velocity(x, t)                                                     # [C, F, h, w]
         if k < settings.sde_steps:
             x0_hat = x - t * u
+            build = INNOVATIONS[settings.generator]
             z = torch.stack([
-                innovation(settings.seed, k, f, *choose(k, f, x0_hat[:, f]), shape_of_frame(shape), x.device)
+                build(settings.seed, k, f, *choose(k, f, x0_hat[:, f]), shape_of_frame(shape), x.device)
                 for f in range(shape[1])], dim=1)                              # [C, F, h, w]
             x = sde_step(x, u, t, dt, settings.g_scale, z)
         else:
@@ -345,8 +430,15 @@ def shape_of_frame(shape):
 # Codebook: chunked matching with a running top-M, and the innovation
 # ==================================================================================================
 
+def top_m(idx, p, M):
+    """The M entries of largest |p|, ties to the lower index: (indices ascending, their scores); idx ascending."""
+    order = torch.sort(-p.abs(), stable=True).indices[:M]      # stable: lower index wins ties
+    keep = torch.sort(idx[order]).indices
+    return idx[order][keep], p[order][keep]
+
+
 def match_atoms(r, seed, step, frame, K, M, chunk=None):
-    """The M atoms of codebook (seed, step, frame) with the largest |<a_i, r>|, and their signs.
+    """The M atoms of codebook (seed, step, frame) with the largest |<a_i, r>|, and their signs (generator 1).
 
     r: [D] residual. Atoms are generated and scored `chunk` at a time with a running top-M, so memory does not
     grow with K. Ties in |p| go to the lower index; a zero inner product counts as +. Returns (indices sorted
@@ -359,21 +451,102 @@ def match_atoms(r, seed, step, frame, K, M, chunk=None):
     for start in range(0, K, chunk):
         idx = torch.arange(start, min(K, start + chunk), dtype=torch.int64, device=r.device)   # [A]
         p = gaussian(seed, STREAM_CODEBOOK, step, frame, idx, d, r.device) @ r                 # [A]
-        cand_idx, cand_p = torch.cat([best_idx, idx]), torch.cat([best_p, p])   # ascending index
-        order = torch.sort(-cand_p.abs(), stable=True).indices[:M]      # stable: lower index wins ties
-        keep = torch.sort(cand_idx[order]).indices
-        best_idx, best_p = cand_idx[order][keep], cand_p[order][keep]
+        best_idx, best_p = top_m(torch.cat([best_idx, idx]), torch.cat([best_p, p]), M)
     signs = (best_p < 0).to(torch.int64)
     return best_idx.tolist(), signs.tolist()
 
 
 def innovation(seed, step, frame, indices, signs, frame_shape, device="cpu"):
-    """z = sum_i s_i a_i over the selected atoms, scaled to unit (unbiased) std: [C, h, w] float32."""
+    """z = sum_i s_i a_i over the selected atoms, scaled to unit (unbiased) std: [C, h, w] float32 (generator 1)."""
     d = frame_shape[0] * frame_shape[1] * frame_shape[2]
     atoms = gaussian(seed, STREAM_CODEBOOK, step, frame, indices, d, device)           # [M, D]
     sign = 1.0 - 2.0 * torch.tensor(signs, dtype=torch.float32, device=device)         # [M]
     z = (sign[:, None] * atoms).sum(dim=0)                                              # [D]
     return (z / z.std()).reshape(frame_shape)                                           # [C, h, w]
+
+
+# ==================================================================================================
+# Structured codebook (generator 2): circular shifts of one Gaussian vector, matched by FFT
+# ==================================================================================================
+# Atom k of codebook (seed, step, frame) is a_k = P^T roll(g, k): g is one vector of D portable normals and P a
+# permutation of the frame's D elements, fixed per (seed, D). All K inner products with a residual r are one
+# circular cross-correlation of g with P r, O(D log D) by real FFTs instead of O(K D); that is encoder-only
+# arithmetic, so its floating point need not be portable. The decoder adds M shifted copies of g and undoes
+# P: exact wherever float32 addition is IEEE. See the docstring, "Structured codebook".
+
+_permutations = {}          # (seed, D) -> P, small and reused by every (step, frame) of a clip
+
+
+def shift_permutation(seed, d):
+    """P of generator 2: [D] int64, the stable ascending argsort of the Philox words w_0..w_{D-1}.
+
+    w_e is output word e % 4 of counter (e // 4, 0, 0, 0) under key (seed, STREAM_PERMUTATION); (P r)_j =
+    r[P[j]], and equal words keep their index order.
+    """
+    if (seed, d) not in _permutations:
+        if len(_permutations) >= 8:
+            _permutations.clear()
+        c0 = torch.arange((d + 3) // 4, dtype=torch.int64)                            # [n4]
+        zero = torch.zeros_like(c0)
+        words = torch.stack(philox4x32((c0, zero, zero, zero), (seed, STREAM_PERMUTATION)), dim=-1)   # [n4, 4]
+        _permutations[(seed, d)] = torch.sort(words.reshape(-1)[:d], stable=True).indices             # [D]
+    return _permutations[(seed, d)]
+
+
+def shift_vector(seed, step, frame, d, device="cpu"):
+    """g of codebook (seed, step, frame): [D] float32, atom 0 of stream STREAM_SHIFT_VECTOR at (step, frame)."""
+    return gaussian(seed, STREAM_SHIFT_VECTOR, step, frame, [0], d, device)[0]
+
+
+def match_shifts(r, seed, step, frame, K, M):
+    """Generator 2's matching: the M shifts k < K with the largest |<P^T roll(g, k), r>|, and their signs.
+
+    <P^T roll(g, k), r> = sum_i g_i (P r)_{(i + k) mod D}, the circular cross-correlation of g and P r at lag k,
+    is computed for all lags at once in float64 by real FFTs. Same tie rules and return value as match_atoms.
+    """
+    d = r.numel()
+    if K > d:
+        raise GvccError(f"K = {K} shifts need latent frames of at least K elements, these have D = {d}")
+    perm = shift_permutation(seed, d).to(r.device)
+    g = shift_vector(seed, step, frame, d, r.device).double()                      # [D]
+    y = r.double()[perm]                                                            # [D]  P r
+    p = torch.fft.irfft(torch.fft.rfft(g).conj() * torch.fft.rfft(y), n=d)[:K]     # [K]
+    idx, best = top_m(torch.arange(K, device=r.device), p, M)
+    return idx.tolist(), (best < 0).to(torch.int64).tolist()
+
+
+def shift_innovation(seed, step, frame, indices, signs, frame_shape, device="cpu"):
+    """Generator 2's z = P^T sum_i s_i roll(g, k_i), scaled to unit (unbiased) std: [C, h, w] float32.
+
+    The sum runs in float32 from zero over the atoms in ascending index order (the order of the stream), each
+    term added or subtracted once; then z[P[j]] = y[j]. The same as innovation() for atoms P^T roll(g, k), up to
+    the order of the float32 sum.
+    """
+    d = frame_shape[0] * frame_shape[1] * frame_shape[2]
+    g = shift_vector(seed, step, frame, d, device)                                 # [D]
+    y = torch.zeros(d, dtype=torch.float32, device=device)                         # [D]
+    for k, s in zip(indices, signs):
+        shifted = torch.roll(g, k)                                                 # [D]  g[(j - k) mod D]
+        y = y - shifted if s else y + shifted
+    z = torch.empty_like(y)
+    z[shift_permutation(seed, d).to(device)] = y                                   # [D]  P^T y
+    return (z / z.std()).reshape(frame_shape)                                      # [C, h, w]
+
+
+MATCHERS = {GENERATOR_IID: match_atoms, GENERATOR_SHIFT: match_shifts}             # encoder, by header id
+INNOVATIONS = {GENERATOR_IID: innovation, GENERATOR_SHIFT: shift_innovation}       # both sides, by header id
+
+
+def check_codebook(hdr):
+    """The header's generator is one gvcc has, and K fits it (generator 2: K <= D, the shifts of one frame)."""
+    if hdr.generator not in INNOVATIONS:
+        raise GvccError(f"codebook generator {hdr.generator} is not supported (this gvcc has generators "
+                        f"{', '.join(map(str, INNOVATIONS))})")
+    lh, lw = latent_size(hdr.width, hdr.height)
+    d = LATENT_CHANNELS * lh * lw
+    if hdr.generator == GENERATOR_SHIFT and hdr.K > d:
+        raise GvccError(f"K = {hdr.K} exceeds the {d} distinct shifts of a {hdr.width}x{hdr.height} latent frame "
+                        f"(--codebook shift needs K <= D = 16 (H/8) (W/8))")
 
 
 # ==================================================================================================
@@ -535,6 +708,9 @@ def pad_frames(frames, n_padded, height, width):
     return np.pad(frames, ((0, n_padded - n), (0, height - h0), (0, width - w0), (0, 0)), mode="edge")
 
 
+LATENT_CHANNELS = 16        # C of the Wan2.1 VAE latent (the tiny VAE keeps it)
+
+
 def pixel_size(width, height):
     """(W, H): the working size rounded up to multiples of 8, the VAE's stride (1080 rows stay 1080)."""
     return -(-width // 8) * 8, -(-height // 8) * 8
@@ -637,7 +813,7 @@ def still_frames(hdr, g, info):
 
 def settings_of(hdr):
     return SamplerSettings(steps=hdr.steps, tail_steps=hdr.tail_steps, g_scale=hdr.g_scale_q / 1000.0,
-                           shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed)
+                           shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed, generator=hdr.generator)
 
 
 def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
@@ -660,7 +836,7 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
     coded, out = [], []
     reference = None        # I2V: the previous GOP's decoded last frame; FLF2V: the shared boundary frame
     for g, info in enumerate(bitstream.gop_layout(hdr)):
-        shape = (16, info.latent_frames, lh, lw)
+        shape = (LATENT_CHANNELS, info.latent_frames, lh, lw)
         last_src = info.first_frame + info.n_frames - 1
         if encoding:
             src = pad_frames(frames[info.first_frame:last_src + 1], info.n_padded, ph, pw)    # [T_pix, H, W, 3]
@@ -690,7 +866,8 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
             if not encoding:
                 return gop.symbol(j, f)
             m = bitstream.atoms_for_frame(hdr, f, info.latent_frames)
-            symbols[j][f] = match_atoms((x0[:, f] - x0_hat_f).flatten(), hdr.seed, j, f, hdr.K, m)
+            match = MATCHERS[hdr.generator]
+            symbols[j][f] = match((x0[:, f] - x0_hat_f).flatten(), hdr.seed, j, f, hdr.K, m)
             return symbols[j][f]
 
         latent = run_gop(velocity, settings, shape, choose, codec.device, on_step)          # [C, F, h, w]
@@ -926,7 +1103,7 @@ def cmd_encode(args):
     fps = video.fps
     precision = args.precision or default_precision(device)
     hdr = bitstream.Header(
-        mode=mode, model=spec_name, model_fingerprint=0, generator=GENERATOR_ID,
+        mode=mode, model=spec_name, model_fingerprint=0, generator=CODEBOOKS[args.codebook],
         src_width=src_w, src_height=src_h, width=width, height=height, frames=n,
         fps_num=fps.numerator, fps_den=fps.denominator, gop_frames=args.gop, steps=args.steps,
         tail_steps=args.tail_steps, g_scale_q=round(args.g_scale * 1000),
@@ -936,6 +1113,7 @@ def cmd_encode(args):
         residual_bits=residual_bits or 8, prompt=args.prompt, precision=PRECISIONS.index(precision),
         text_len=args.text_len)
     bitstream.check_header(hdr)             # every field within the format's limits before any work
+    check_codebook(hdr)
     pixels = src_w * src_h * n
     target_bits = None
     if rate_target:
@@ -1076,9 +1254,10 @@ def check_decode(stream, args):
     stream.check_ranks()
     if hdr.model not in MODELS:
         raise GvccError(f"{args.input}: stream needs model '{hdr.model}', which this gvcc does not know")
-    if hdr.generator != GENERATOR_ID:
-        raise GvccError(f"{args.input}: codebook generator {hdr.generator} is not supported "
-                        f"(this gvcc has generator {GENERATOR_ID})")
+    try:
+        check_codebook(hdr)
+    except GvccError as exc:
+        raise GvccError(f"{args.input}: {exc}") from None
     spec = MODELS[hdr.model]
     if spec.mode != hdr.mode:
         raise GvccError(f"{args.input}: {hdr.mode} stream names the {spec.mode} model {hdr.model}")
@@ -1317,6 +1496,9 @@ def build_parser():
     rate = e.add_mutually_exclusive_group()
     rate.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p)")
     e.add_argument("-K", type=int, default=16384, help="atoms per codebook (default 16384)")
+    e.add_argument("--codebook", choices=tuple(CODEBOOKS), default="iid",
+                   help="iid: the paper's i.i.d. Gaussian atoms (default); shift: circular shifts of one "
+                        "Gaussian vector, matched by FFT (much faster to encode, K <= D)")
     e.add_argument("--m-tail", type=int, help="i2v: atoms in the last 2 latent frames (default 128)")
     e.add_argument("--steps", type=int, default=20, help="sampler steps T (default 20)")
     e.add_argument("--tail-steps", type=int, default=3, help="final ODE steps without bits (default 3)")

@@ -545,8 +545,8 @@ def check_codebook(hdr):
     lh, lw = latent_size(hdr.width, hdr.height)
     d = LATENT_CHANNELS * lh * lw
     if hdr.generator == GENERATOR_SHIFT and hdr.K > d:
-        raise GvccError(f"K = {hdr.K} exceeds the {d} distinct shifts of a {hdr.width}x{hdr.height} latent frame "
-                        f"(--codebook shift needs K <= D = 16 (H/8) (W/8))")
+        raise GvccError(f"--codebook shift: K = {hdr.K} exceeds the shifts of one latent frame at "
+                        f"{hdr.width}x{hdr.height}, D = 16 (H/8) (W/8) = {d}")
 
 
 # ==================================================================================================

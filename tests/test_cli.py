@@ -135,3 +135,27 @@ def test_eval_reports_quality_and_rate_per_stream_gop(clip, encoded, tmp_path):
     result = json.load(open(report))
     assert len(result["per_frame"]) == 10 and len(result["per_gop"]) == 2      # the stream's GOPs of 9
     assert abs(result["rate"]["bits"] - 8 * os.path.getsize(stream)) == 0
+
+
+def test_shift_codebook_round_trip(clip, tiny_weights, encoded, tmp_path):
+    # generator 2: header field 2, the decoder rebuilds the encoder's innovations exactly
+    stream, recon, dec = (str(tmp_path / n) for n in ("s.gvcc", "recon.y4m", "dec.y4m"))
+    gvcc_cli("encode", clip, stream, "--weights", tiny_weights, "--recon", recon, "--codebook", "shift", *TINY)
+    assert "generator          2" in gvcc_cli("info", stream).stdout
+    assert "generator          1" in gvcc_cli("info", encoded[0]).stdout
+    gvcc_cli("decode", stream, dec, "--weights", tiny_weights, "--quiet")
+    assert np.array_equal(media.read_video(dec).frames, media.read_video(recon).frames)
+    # same rate as the i.i.d. codebook at the same K and M, different atoms
+    assert os.path.getsize(stream) == os.path.getsize(encoded[0])
+    assert not np.array_equal(media.read_video(recon).frames, media.read_video(encoded[1]).frames)
+
+
+def test_shift_codebook_needs_k_at_most_d(clip, tiny_weights, tmp_path):
+    # the tiny clip is 40x24, padded to 48x32: D = 16 * 4 * 6 = 384 shifts
+    out = str(tmp_path / "o.gvcc")
+    base = ["--model", "tiny-t2v", "-M", "4", "--steps", "5", "--tail-steps", "2", "--gop", "9", "--quiet"]
+    res = gvcc_cli("encode", clip, out, "--weights", tiny_weights, *base, "--codebook", "shift", "-K", "385",
+                   check=False)
+    assert res.returncode == 1 and res.stderr.startswith("gvcc: error:") and "D = 384" in res.stderr
+    assert not os.path.exists(out)
+    gvcc_cli("encode", clip, out, "--weights", tiny_weights, *base, "--codebook", "shift", "-K", "384")

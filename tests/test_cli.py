@@ -156,6 +156,6 @@ def test_shift_codebook_needs_k_at_most_d(clip, tiny_weights, tmp_path):
     base = ["--model", "tiny-t2v", "-M", "4", "--steps", "5", "--tail-steps", "2", "--gop", "9", "--quiet"]
     res = gvcc_cli("encode", clip, out, "--weights", tiny_weights, *base, "--codebook", "shift", "-K", "385",
                    check=False)
-    assert res.returncode == 1 and res.stderr.startswith("gvcc: error:") and "D = 384" in res.stderr
+    assert res.returncode == 1 and res.stderr.startswith("gvcc: error:") and "(W/8) = 384" in res.stderr
     assert not os.path.exists(out)
     gvcc_cli("encode", clip, out, "--weights", tiny_weights, *base, "--codebook", "shift", "-K", "384")

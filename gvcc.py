@@ -269,11 +269,14 @@ def gaussian(seed, stream, step, frame, atoms, n, device="cpu", fast=True):
 
     The result depends only on the addresses, so the work is split freely. The reference path (eager torch)
     works on a CPU in groups of atoms of about 2^17 counters each, which keeps the ~400 elementwise passes of
-    Philox and Box-Muller in cache. With fast=True, large CPU requests go through the compiled kernel of
-    section "Fast exact generator" instead (the same bits; `fast=False` forces the reference).
+    Philox and Box-Muller in cache. With fast=True, large CPU requests go through the compiled kernel and CUDA
+    requests through the Triton kernel of section "Fast exact generator" (the same bits; `fast=False` forces
+    the reference).
     """
     atoms = torch.as_tensor(atoms, dtype=torch.int64, device=device)
     n4 = (n + 3) // 4
+    if fast and atoms.is_cuda and len(atoms) and triton_kernels() is not None:
+        return gaussian_triton(seed, stream, step, frame, atoms, n, device)
     if fast and not atoms.is_cuda and len(atoms) * n4 >= FUSED_MIN_COUNTERS and fused_cpu_available():
         return _gaussian_fused_cpu(seed, stream, step, frame, atoms, n)
     group = len(atoms) if atoms.is_cuda else max(1, (1 << 17) // n4)
@@ -345,6 +348,169 @@ def _gaussian_fused_cpu(seed, stream, step, frame, atoms, n):
         stop = min(total, start + FUSED_BLOCK)
         out[start:stop] = z[:stop - start]
     return out.reshape(a, 4 * n4)[:, :n]
+
+
+# --------------------------------------------------------------------------------------------------
+# On GPUs: one fused Triton kernel (optional; torch path otherwise)
+# --------------------------------------------------------------------------------------------------
+# The kernels below are plain functions until triton_kernels() wraps them with triton.jit, so gvcc imports
+# without Triton. Philox runs in u32 lanes (umulhi, wrapping *), Box-Muller in float64 with FMA contraction
+# off at launch (enable_fp_fusion=False); float64 `/` and tl.sqrt compile to IEEE div.rn.f64 and
+# sqrt.rn.f64 (PTX has no approximate float64 forms; tl.div_rn / tl.sqrt_rn take float32 only), so every
+# number is the reference's. Float constants other than small integers come from _TL_CONSTANTS in memory,
+# because Triton would round a python float literal to float32. TRITON_INTERPRET=1 runs them on a CPU.
+
+_TL_CONSTANTS = [SQRT_HALF, LN2, PI_4] + _ATANH_COEF + _SIN_COEF + _COS_COEF     # float64 table, in this order
+_TL_ATOMS, _TL_COUNTERS = 8, 128     # tile of one program: atoms x Philox counters (literals in the kernels)
+
+
+def _tl_horner(cst, first, count, q):
+    """Horner's rule over cst[first .. first + count - 1] (float64 table), one rounding per operation."""
+    p = tl.load(cst + first + count - 1) + 0.0 * q
+    for i in tl.static_range(count - 2, -1, -1):
+        p = p * q
+        p = p + tl.load(cst + first + i)
+    return p
+
+
+def _tl_box_muller(a, b, cst):
+    """_box_muller on u32 lanes: two float32 normals."""
+    v = 2.0 * a.to(tl.float64) + 1.0
+    bits = v.to(tl.int64, bitcast=True)
+    e = (bits >> 52) - 1022
+    m = ((bits & 0xFFFFFFFFFFFFF) | 0x3FE0000000000000).to(tl.float64, bitcast=True)
+    low = m < tl.load(cst + 0)
+    m = tl.where(low, 2.0 * m, m)
+    e = e.to(tl.float64) - low.to(tl.float64)
+    s = (m - 1.0) / (m + 1.0)
+    ln_u = 2.0 * s * _tl_horner(cst, 3, 9, s * s) + (e - 33.0) * tl.load(cst + 1)
+    r = tl.sqrt(-2.0 * ln_u)
+    octant = b >> 29
+    t = ((b & 0x1FFFFFFF).to(tl.float64) + 0.5) / 536870912.0
+    odd = (octant & 1) == 1
+    phi = tl.load(cst + 2) * tl.where(odd, 1.0 - t, t)
+    q = phi * phi
+    sin_phi = phi * _tl_horner(cst, 12, 8, q)
+    cos_phi = _tl_horner(cst, 20, 8, q)
+    c = tl.where(odd, sin_phi, cos_phi)
+    s_ = tl.where(odd, cos_phi, sin_phi)
+    quadrant = octant >> 1
+    cos_t = tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s_, tl.where(quadrant == 2, -c, s_)))
+    sin_t = tl.where(quadrant == 0, s_, tl.where(quadrant == 1, c, tl.where(quadrant == 2, -s_, -c)))
+    return (r * cos_t).to(tl.float32), (r * sin_t).to(tl.float32)
+
+
+def _tl_normals(c0, c1, c2, c3, k0, k1, cst):
+    """philox_gaussian on u32 tensors: four float32 normals per counter."""
+    for i in tl.static_range(10):
+        if i > 0:
+            k0 = k0 + 0x9E3779B9
+            k1 = k1 + 0xBB67AE85
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo1 = c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    z0, z1 = _tl_box_muller(c0, c1, cst)
+    z2, z3 = _tl_box_muller(c2, c3, cst)
+    return z0, z1, z2, z3
+
+
+def _tl_words(atoms_ptr, n_atoms, n4, key_ptr, start):
+    """The tile's counter words (u32): counters start.., atoms of this program; and its key, step, frame."""
+    row = tl.program_id(0) * 8 + tl.arange(0, 8)                                   # [8]
+    col = start + tl.arange(0, 128)                                                # [128]
+    atom = tl.load(atoms_ptr + row, mask=row < n_atoms, other=0)                   # [8]
+    c0 = (col[None, :] + 0 * row[:, None]).to(tl.uint32)                           # [8, 128]
+    c1 = (atom[:, None] + 0 * col[None, :]).to(tl.uint32)
+    k0 = tl.load(key_ptr + 0).to(tl.uint32)                                        # seed
+    k1 = tl.load(key_ptr + 1).to(tl.uint32)                                        # stream
+    c2 = (tl.load(key_ptr + 2) + 0 * c0).to(tl.uint32)                             # step
+    c3 = (tl.load(key_ptr + 3) + 0 * c0).to(tl.uint32)                             # frame
+    return row, col, c0, c1, c2, c3, k0, k1
+
+
+def _tl_gaussian_kernel(atoms_ptr, n_atoms, n, n4, key_ptr, cst, out_ptr):
+    """gaussian(): out[a, e] for the program's 8 atoms, all elements e < n (row stride 4 n4)."""
+    for start in range(0, n4, 128):
+        row, col, c0, c1, c2, c3, k0, k1 = _tl_words(atoms_ptr, n_atoms, n4, key_ptr, start)
+        z0, z1, z2, z3 = _tl_normals(c0, c1, c2, c3, k0, k1, cst)
+        base = out_ptr + row[:, None].to(tl.int64) * (4 * n4) + 4 * col[None, :]
+        ok = (row[:, None] < n_atoms) & (col[None, :] < n4)
+        tl.store(base + 0, z0, mask=ok & (4 * col[None, :] + 0 < n))
+        tl.store(base + 1, z1, mask=ok & (4 * col[None, :] + 1 < n))
+        tl.store(base + 2, z2, mask=ok & (4 * col[None, :] + 2 < n))
+        tl.store(base + 3, z3, mask=ok & (4 * col[None, :] + 3 < n))
+
+
+def _tl_score_kernel(atoms_ptr, n_atoms, n, n4, key_ptr, cst, r_ptr, scores_ptr):
+    """<a, r> for the program's 8 atoms without writing any atom: generate, multiply, sum (float32)."""
+    acc = tl.zeros([8, 128], tl.float32)
+    for start in range(0, n4, 128):
+        row, col, c0, c1, c2, c3, k0, k1 = _tl_words(atoms_ptr, n_atoms, n4, key_ptr, start)
+        z0, z1, z2, z3 = _tl_normals(c0, c1, c2, c3, k0, k1, cst)
+        e = 4 * col                                                                # [128]
+        r0 = tl.load(r_ptr + e + 0, mask=e + 0 < n, other=0.0)
+        r1 = tl.load(r_ptr + e + 1, mask=e + 1 < n, other=0.0)
+        r2 = tl.load(r_ptr + e + 2, mask=e + 2 < n, other=0.0)
+        r3 = tl.load(r_ptr + e + 3, mask=e + 3 < n, other=0.0)
+        acc += z0 * r0[None, :] + z1 * r1[None, :] + z2 * r2[None, :] + z3 * r3[None, :]
+    row = tl.program_id(0) * 8 + tl.arange(0, 8)
+    tl.store(scores_ptr + row, tl.sum(acc, axis=1), mask=row < n_atoms)
+
+
+_triton_state = {}
+
+
+def triton_kernels():
+    """(gaussian kernel, score kernel) wrapped by triton.jit, or None without Triton. Loaded once per
+    TRITON_INTERPRET setting (tests run the interpreter on a CPU)."""
+    global tl, _tl_horner, _tl_box_muller, _tl_normals, _tl_words
+    mode = os.environ.get("TRITON_INTERPRET", "0")
+    if mode not in _triton_state:
+        try:
+            import triton
+            import triton.language
+        except ImportError:
+            _triton_state[mode] = None
+            return None
+        tl = triton.language
+        for name in ("_tl_horner", "_tl_box_muller", "_tl_normals", "_tl_words"):
+            fn = globals()[name]
+            globals()[name] = triton.jit(getattr(fn, "fn", fn))
+        _triton_state[mode] = tuple(triton.jit(getattr(f, "fn", f)) for f in (_TL_PLAIN["gaussian"],
+                                                                              _TL_PLAIN["score"]))
+    return _triton_state[mode]
+
+
+_TL_PLAIN = {"gaussian": _tl_gaussian_kernel, "score": _tl_score_kernel}
+tl = None                   # triton.language once triton_kernels() has loaded it
+
+
+def _triton_launch(kernel, atoms, n, seed, stream, step, frame, *tensors):
+    device = tensors[0].device
+    atoms = torch.as_tensor(atoms, dtype=torch.int64, device=device)
+    key = torch.tensor([seed & MASK32, stream & MASK32, step & MASK32, frame & MASK32], dtype=torch.int64,
+                       device=device)
+    cst = torch.tensor(_TL_CONSTANTS, dtype=torch.float64, device=device)
+    grid = (-(-len(atoms) // _TL_ATOMS),)
+    kernel[grid](atoms, len(atoms), n, (n + 3) // 4, key, cst, *tensors, enable_fp_fusion=False)
+
+
+def gaussian_triton(seed, stream, step, frame, atoms, n, device="cuda"):
+    """gaussian() by the Triton kernel: [A, n] float32, the same bits."""
+    n4 = (n + 3) // 4
+    out = torch.zeros(len(atoms), 4 * n4, dtype=torch.float32, device=device)     # [A, 4 n4]
+    _triton_launch(triton_kernels()[0], atoms, n, seed, stream, step, frame, out)
+    return out[:, :n]
+
+
+def scores_triton(r, seed, stream, step, frame, atoms):
+    """[A] float32 inner products <a, r> of the given atoms, fused: no atom is written to memory."""
+    p = torch.empty(len(atoms), dtype=torch.float32, device=r.device)              # [A]
+    _triton_launch(triton_kernels()[1], atoms, r.numel(), seed, stream, step, frame, r.contiguous(), p)
+    return p
+
 
 
 # ==================================================================================================
@@ -448,10 +614,14 @@ def match_atoms(r, seed, step, frame, K, M, chunk=None):
     chunk = chunk or max(16, min(1024, (64 << 20) // (4 * d)))    # about 64 MiB of atoms at a time
     best_idx = torch.empty(0, dtype=torch.int64, device=r.device)   # kept in ascending index order
     best_p = torch.empty(0, dtype=torch.float32, device=r.device)
-    for start in range(0, K, chunk):
-        idx = torch.arange(start, min(K, start + chunk), dtype=torch.int64, device=r.device)   # [A]
-        p = gaussian(seed, STREAM_CODEBOOK, step, frame, idx, d, r.device) @ r                 # [A]
-        best_idx, best_p = top_m(torch.cat([best_idx, idx]), torch.cat([best_p, p]), M)
+    if r.is_cuda and triton_kernels() is not None:      # one fused kernel scores all K atoms, writing none
+        idx = torch.arange(K, dtype=torch.int64, device=r.device)                             # [K]
+        best_idx, best_p = top_m(idx, scores_triton(r, seed, STREAM_CODEBOOK, step, frame, idx), M)
+    else:
+        for start in range(0, K, chunk):
+            idx = torch.arange(start, min(K, start + chunk), dtype=torch.int64, device=r.device)   # [A]
+            p = gaussian(seed, STREAM_CODEBOOK, step, frame, idx, d, r.device) @ r                 # [A]
+            best_idx, best_p = top_m(torch.cat([best_idx, idx]), torch.cat([best_p, p]), M)
     signs = (best_p < 0).to(torch.int64)
     return best_idx.tolist(), signs.tolist()
 

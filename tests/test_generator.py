@@ -1,6 +1,9 @@
 """The portable generator: Philox4x32-10 known answers, an independent numpy port that must agree bit for bit,
 chunking and addressing invariance, and the Gaussian transform's statistics."""
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -137,3 +140,56 @@ def test_initial_noise_layout():
     x = gvcc.initial_noise(42, (16, 3, 4, 6))
     assert x.shape == (16, 3, 4, 6)
     assert torch.equal(x[:, 2].flatten(), gvcc.gaussian(42, gvcc.STREAM_NOISE, 0, 2, [0], 16 * 4 * 6)[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast paths give the reference's numbers bit for bit
+# --------------------------------------------------------------------------------------------------
+
+ADDRESSES = [  # seed, stream, step, frame, atoms, n: extreme words, odd lengths, atoms past 2^31
+    (42, 1, 0, 0, [0, 1, 2, 1000, 16383, 65535, 2**31 + 5, 2**32 - 1], 1001),
+    (0xFFFFFFFF, 0, 16, 8, [0, 3, 77], 515),
+    (7, 1, 5, 2, list(range(40, 61)), 97),
+    (0, 2, 0xFFFFFFFF, 0xFFFFFFFF, [12345678, 9], 4096),
+    (2**31, 3, 1, 1, [2**31 - 1, 2**31], 7),
+]
+
+
+def test_compiled_cpu_generator_is_bit_identical(monkeypatch):
+    # The first torch.compile in a fresh environment takes about a minute on a 2-core CPU (Inductor then
+    # caches it on disk); the compiled kernel is what encodes at real sizes, so it is checked here.
+    assert gvcc.fused_cpu_available(), "torch.compile of philox_gaussian failed or differs from the reference"
+    monkeypatch.setattr(gvcc, "FUSED_MIN_COUNTERS", 0)        # small requests through the compiled kernel too
+    for seed, stream, step, frame, atoms, n in ADDRESSES:
+        want = gvcc.gaussian(seed, stream, step, frame, atoms, n, fast=False)
+        got = gvcc.gaussian(seed, stream, step, frame, atoms, n)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (seed, stream, step, frame)
+    # blocks of FUSED_BLOCK counters: a request that spans several, with a ragged end
+    want = gvcc.gaussian(3, 1, 2, 1, list(range(5)), 4 * gvcc.FUSED_BLOCK // 3 + 1, fast=False)
+    assert torch.equal(gvcc.gaussian(3, 1, 2, 1, list(range(5)), 4 * gvcc.FUSED_BLOCK // 3 + 1), want)
+
+
+TRITON_CHECK = """
+import math, sys, torch
+import gvcc
+from test_generator import ADDRESSES
+for seed, stream, step, frame, atoms, n in ADDRESSES:
+    want = gvcc.gaussian(seed, stream, step, frame, atoms, n, fast=False)
+    got = gvcc.gaussian_triton(seed, stream, step, frame, atoms, n, device="cpu")
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (seed, stream, step, frame)
+    # the fused scores: float32 sums in another order than the reference's matrix product
+    r = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    p = gvcc.scores_triton(r, seed, stream, step, frame, atoms)
+    assert torch.allclose(p, (want.double() @ r.double()).float(), rtol=1e-5, atol=1e-4 * math.sqrt(n))
+print("OK", len(ADDRESSES))
+"""
+
+
+def test_triton_kernels_are_bit_identical_in_the_interpreter():
+    # Triton's interpreter runs the kernels on a CPU with numpy. TRITON_INTERPRET must be set before triton is
+    # first imported (torch.compile imports it too), hence a fresh process.
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([root, os.path.join(root, "tests")]))
+    res = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, cwd=root)
+    assert res.returncode == 0 and res.stdout.split() == ["OK", str(len(ADDRESSES))], res.stderr[-3000:]

@@ -146,6 +146,7 @@ Known answers are in tests/golden/ and tests/test_generator.py.
 import argparse
 import functools
 import math
+import operator
 import os
 import signal
 import sys
@@ -173,19 +174,20 @@ GENERATOR_IID, GENERATOR_SHIFT = 1, 2           # header `generator`: i.i.d. ato
 CODEBOOKS = {"iid": GENERATOR_IID, "shift": GENERATOR_SHIFT}     # encode --codebook
 
 
-def _mulhilo(m, x):
+def _mulhilo(m, x, mul=operator.mul):
     """(hi, lo) 32-bit halves of the 64-bit product m * x, for a constant m and int64 tensor x < 2^32.
 
     int64 tensors hold the u32 values. m is split in 16-bit halves so no intermediate exceeds 2^49:
     m x = (x m_hi) 2^16 + x m_lo = B 2^16 + A ; with B = B_hi 2^16 + B_lo:  m x = B_hi 2^32 + (B_lo 2^16 + A).
+    mul(x, c) computes x c exactly for c < 2^16 (see _mul_via_float64 for the compiled path's).
     """
-    a = x * (m & 0xFFFF)                        # < 2^48
-    b = x * (m >> 16)                           # < 2^48
+    a = mul(x, m & 0xFFFF)                      # < 2^48
+    b = mul(x, m >> 16)                         # < 2^48
     s = ((b & 0xFFFF) << 16) + a                # < 2^49
     return (b >> 16) + (s >> 32), s & MASK32
 
 
-def philox4x32(counter, key):
+def philox4x32(counter, key, mul=operator.mul):
     """Philox4x32-10 on four int64 tensors of u32 counter words (broadcastable).
 
     key: two u32 words, python ints or 0-d int64 tensors (tensors let a compiled caller vary the key).
@@ -195,8 +197,8 @@ def philox4x32(counter, key):
     for i in range(10):
         if i:
             k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
-        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
-        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
+        hi0, lo0 = _mulhilo(PHILOX_M0, c0, mul)
+        hi1, lo1 = _mulhilo(PHILOX_M1, c2, mul)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
 
@@ -253,12 +255,12 @@ def _box_muller(a, b):
     return (r * cos_t).to(torch.float32), (r * sin_t).to(torch.float32)
 
 
-def philox_gaussian(c0, c1, c2, c3, k0, k1):
+def philox_gaussian(c0, c1, c2, c3, k0, k1, mul=operator.mul):
     """Counters -> standard normals: [..., 4] float32, lane i from Philox output word i (see the docstring).
 
     All arguments are int64 tensors (broadcastable) of u32 words: the counter (c0, c1, c2, c3), the key (k0, k1).
     """
-    x0, x1, x2, x3 = philox4x32((c0, c1, c2, c3), (k0, k1))
+    x0, x1, x2, x3 = philox4x32((c0, c1, c2, c3), (k0, k1), mul)
     z0, z1 = _box_muller(x0, x1)
     z2, z3 = _box_muller(x2, x3)
     return torch.stack([z0, z1, z2, z3], dim=-1)
@@ -306,6 +308,17 @@ def initial_noise(seed, shape, device="cpu"):
 # bit against the eager reference on a full block of varied addresses before it is first used, and gvcc falls
 # back to the reference path if compiling fails or a bit differs. Set GVCC_NO_COMPILE=1 to skip it.
 
+def _mul_via_float64(x, c):
+    """x c for int64 x < 2^32 and a constant c < 2^16, exactly, through float64 (the product is < 2^48).
+
+    Inductor multiplies int64 lanes one at a time on AVX2 but float64 ones four at a time. Integers below 2^52
+    convert both ways exactly by their bits: OR-ing in the exponent of 2^52 gives the float 2^52 + x.
+    """
+    two52 = 0x4330000000000000                                   # bits of the float64 2^52
+    xf = (x | two52).view(torch.float64) - 4503599627370496.0    # x as float64
+    return (xf * float(c) + 4503599627370496.0).view(torch.int64) & ((1 << 52) - 1)
+
+
 FUSED_BLOCK = 1 << 16           # counters per compiled call: one static shape, one compilation per process
 FUSED_MIN_COUNTERS = 1 << 20    # smaller requests stay eager (the first compilation takes about a minute)
 _fused_cpu = {}                 # "fn": the compiled philox_gaussian, "ok": whether it passed the check
@@ -318,7 +331,8 @@ def fused_cpu_available():
         if os.environ.get("GVCC_NO_COMPILE"):
             return False
         try:
-            fn = torch.compile(philox_gaussian, dynamic=False, fullgraph=True)
+            fn = torch.compile(functools.partial(philox_gaussian, mul=_mul_via_float64), dynamic=False,
+                               fullgraph=True)
             i = torch.arange(FUSED_BLOCK, dtype=torch.int64)                              # [B]
             c0, c1 = i * 7919 % 25440, (i * 2654435761) & MASK32                          # varied counters
             args = [torch.tensor(v, dtype=torch.int64) for v in (16, 8, 0xFFFFFFFF, 1)]   # step, frame, key

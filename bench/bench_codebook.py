@@ -1,14 +1,23 @@
-"""Codebook generation plus top-M matching at real latent-frame sizes, gvcc against the authors' approach.
+"""Codebook cost per (step, latent frame) at real latent-frame sizes: every gvcc path against the authors' approach.
 
-gvcc: atoms from the portable Philox generator, generated and scored in chunks with a running top-M
-(gvcc.match_atoms). Authors: one torch.Generator seeded per (step, frame), one torch.randn(D) call per atom,
-then the inner product, keeping all K scores (their sde_rf_wan/turbo_codebook.py). Each configuration runs in
-its own subprocess so that its peak memory (ru_maxrss, whole process) is its own.
+Encoder rows (generate K atoms and pick the top-M against a residual), K = 16384, M = 64:
+    reference  gvcc.match_atoms on the eager torch generator (GVCC_NO_COMPILE=1): the readable spec path.
+    fused-cpu  gvcc.match_atoms on the torch.compile'd generator (same bits; compile time shown apart).
+    triton     gvcc.match_atoms on CUDA with Triton: one fused kernel, no atom written (only with --device cuda).
+    shift      generator 2 (gvcc.match_shifts): one Gaussian vector, all K shifts scored by one real FFT.
+    authors    one torch.Generator seeded per (step, frame), one torch.randn(D) per atom, then the inner
+               product, keeping all K scores (their sde_rf_wan/turbo_codebook.py).
+Decoder rows (rebuild the innovation from M = 64 chosen atoms): gvcc.innovation on the reference and the fused
+generator, gvcc.shift_innovation for generator 2.
 
-On a CPU, K = 16384 at D = 101,760 is 1.7 G numbers per (step, frame); the default measures --atoms atoms and
-extrapolates linearly in K (both methods cost K times one atom). Use --atoms 16384 on a GPU for the full run.
+Each configuration runs in its own subprocess, so that its peak memory (ru_maxrss, whole process) is its own,
+with --threads torch threads (default 1: per-core cost). The per-atom methods (reference, fused-cpu, authors)
+are measured on --atoms atoms and extrapolated linearly to K (each costs K times one atom); use --atoms 16384
+on a GPU. shift is measured at the full K (its cost hardly depends on K); its permutation P is computed once
+per clip and is not in the per-(step, frame) time. Per GOP: 17 SDE steps x 9 latent frames = 153 (step, frame)
+for a 33-frame GOP at the default 20 steps with 3 ODE tail steps.
 
-    python bench/bench_codebook.py [--atoms 512] [--device cpu]
+    python bench/bench_codebook.py [--atoms 256] [--device cpu] [--threads 1]
 """
 import argparse
 import json
@@ -21,64 +30,110 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-SIZES = {"480x848": 16 * 60 * 106, "720p": 16 * 90 * 160}      # D = C h w of one latent frame
-K_FULL, M = 16384, 64
+SIZES = {"480x848": (16, 60, 106), "720p": (16, 90, 160)}      # [C, h, w] of one latent frame
+K_FULL, M, PER_GOP = 16384, 64, 17 * 9
+ENCODERS = ("reference", "fused-cpu", "triton", "shift", "authors")
+DECODERS = ("dec-reference", "dec-fused-cpu", "dec-shift")
 
 
-def run_one(method, d, atoms, device):
+def sync(device):
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_one(method, shape, atoms, device):
+    """Seconds for `atoms` atoms (per-atom methods), for K_FULL (shift), or for one innovation (decoders)."""
     import torch
 
     import gvcc
-    r = torch.randn(d, generator=torch.Generator().manual_seed(0)).to(device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    d = shape[0] * shape[1] * shape[2]
+    r = torch.randn(d, generator=torch.Generator().manual_seed(0)).to(device)          # [D] residual
+    compile_s = 0.0
+    if method in ("fused-cpu", "dec-fused-cpu"):
+        start = time.perf_counter()
+        if not gvcc.fused_cpu_available():
+            raise SystemExit("the compiled generator is not available here")
+        compile_s = time.perf_counter() - start
+    if method == "shift":
+        gvcc.shift_permutation(42, d)                  # once per clip
+    chosen = sorted(torch.randperm(K_FULL, generator=torch.Generator().manual_seed(1))[:M].tolist())
+    signs = [i % 2 for i in range(M)]
+    sync(device)
     start = time.perf_counter()
-    if method == "gvcc":
+    if method in ("reference", "fused-cpu", "triton"):
         gvcc.match_atoms(r, 42, 0, 0, atoms, M)
-    else:
+    elif method == "shift":
+        gvcc.match_shifts(r, 42, 0, 0, K_FULL, M)
+    elif method == "authors":
         gen = torch.Generator(device=device).manual_seed(42 * 100003)
         scores = torch.empty(atoms, device=device)
         for i in range(atoms):
             scores[i] = torch.randn(d, generator=gen, device=device) @ r
         torch.topk(scores.abs(), M)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    elif method in ("dec-reference", "dec-fused-cpu"):
+        gvcc.innovation(42, 0, 0, chosen, signs, shape, device)
+    elif method == "dec-shift":
+        gvcc.shift_innovation(42, 0, 0, chosen, signs, shape, device)
+    sync(device)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
-    return {"seconds": seconds, "peak_mib": peak}
+    return {"seconds": seconds, "peak_mib": peak, "compile_s": compile_s}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--atoms", type=int, default=512, help="atoms measured per (step, frame)")
+    ap.add_argument("--atoms", type=int, default=256, help="atoms measured per (step, frame), per-atom methods")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each measured process")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)      # method, size: child process
     args = ap.parse_args()
+    import torch
     if args.one:
+        torch.set_num_threads(args.threads)
         print(json.dumps(run_one(args.one[0], SIZES[args.one[1]], args.atoms, args.device)))
         return
-    rows = []
+    try:
+        import triton  # noqa: F401
+        have_triton = args.device.startswith("cuda")
+    except ImportError:
+        have_triton = False
+    methods = [m for m in ENCODERS + DECODERS
+               if not (m == "triton" and not have_triton) and not ("fused-cpu" in m and args.device != "cpu")]
+    rows = {}
     for size in SIZES:
-        for method in ("gvcc", "authors"):
+        for method in methods:
+            env = dict(os.environ, GVCC_NO_COMPILE="1") if method in ("reference", "dec-reference") else None
             out = subprocess.run([sys.executable, __file__, "--atoms", str(args.atoms), "--device", args.device,
-                                  "--one", method, size], capture_output=True, text=True, check=True)
+                                  "--threads", str(args.threads), "--one", method, size],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode:
+                print(f"{size} {method}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
             res = json.loads(out.stdout)
-            per_atom = res["seconds"] / args.atoms
-            rows.append((size, SIZES[size], method, per_atom * K_FULL, args.atoms / res["seconds"],
-                         res["peak_mib"]))
-    import torch
-    print(f"codebook generation + top-{M} matching, K = {K_FULL} (measured on {args.atoms} atoms, extrapolated "
-          f"linearly), device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'size':>8} {'D':>8} {'method':>8} {'s per (step, frame)':>20} {'atoms/s':>9} {'peak MiB':>9}")
-    for size, d, method, sec, aps, peak in rows:
-        print(f"{size:>8} {d:>8} {method:>8} {sec:>20.1f} {aps:>9.0f} {peak:>9.0f}")
-    for size in SIZES:
-        g = next(r for r in rows if r[0] == size and r[2] == "gvcc")
-        a = next(r for r in rows if r[0] == size and r[2] == "authors")
-        print(f"{size}: gvcc / authors time ratio {g[3] / a[3]:.1f}, per GOP (17 x 9 (step, frame)): "
-              f"gvcc {g[3] * 153 / 60:.0f} min, authors {a[3] * 153 / 60:.1f} min")
+            scale = K_FULL / args.atoms if method in ("reference", "fused-cpu", "triton", "authors") else 1.0
+            rows[size, method] = (res["seconds"] * scale, res["peak_mib"], res["compile_s"])
+
+    print(f"codebook per (step, latent frame), K = {K_FULL}, M = {M}; per-atom methods measured on {args.atoms} "
+          f"atoms and extrapolated; device {args.device}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"one run")
+    print(f"{'size':>8} {'D':>7} {'path':>14} {'s / (step, frame)':>18} {'s / GOP':>10} {'vs authors':>11} "
+          f"{'vs reference':>13} {'peak MiB':>9} {'compile s':>10}")
+    for size, shape in SIZES.items():
+        d = shape[0] * shape[1] * shape[2]
+        authors = rows.get((size, "authors"), (float("nan"),))[0]
+        for method in methods:
+            if (size, method) not in rows:
+                continue
+            sec, peak, comp = rows[size, method]
+            ref = rows.get((size, "dec-reference" if method.startswith("dec-") else "reference"), (float("nan"),))[0]
+            vs_authors = f"{authors / sec:11.2f}" if not method.startswith("dec-") else f"{'':>11}"
+            print(f"{size:>8} {d:>7} {method:>14} {sec:>18.4f} {sec * PER_GOP:>10.1f} {vs_authors} "
+                  f"{ref / sec:>13.1f} {peak:>9.0f} {comp:>10.1f}")
+    print("vs authors / vs reference: speed-up factors (> 1 is faster); s / GOP: 153 (step, frame) of a 33-frame "
+          "GOP; dec-*: the decoder's rebuild of one innovation from the M chosen atoms")
 
 
 if __name__ == "__main__":

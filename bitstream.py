@@ -65,8 +65,10 @@ Nothing may follow the last GOP.
        7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v and with
                                                    still_lossless
        8      4   model_fingerprint   u(32)        fingerprint of the weight files (computed by gvcc.py)
-      12      2   generator           u(16)        codebook generator id, >= 1 (1 = Philox4x32-10 + gvcc
-                                                   Gaussian transform v1)
+      12      2   generator           u(16)        codebook generator id, >= 1 (gvcc.py, "Codebooks"):
+                                                   1 = i.i.d. atoms from Philox4x32-10 + gvcc's Gaussian
+                                                   transform v1 (the paper's); 2 = circular shifts of one
+                                                   such Gaussian vector after a fixed permutation (K <= D)
       14      2   src_width           u(16)        source width in pixels (rates are quoted against it)
       16      2   src_height          u(16)        source height in pixels
       18      2   width               u(16)        working width: the codec runs at it and the decoder outputs it
@@ -269,7 +271,9 @@ outputs nothing, when any of these checks fails:
   its declared size (an AVIF's ispe box, a PNG's IHDR) is checked before its pixels are decoded, so a forged
   size costs nothing, and any failure to decode it is an error naming the GOP and the still.
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
-stream made for weights or a generator it does not have. It outputs frames per section 7 at width x height.
+stream made for weights or a generator it does not have, and a generator 2 stream whose K exceeds the shifts of
+one latent frame, D = 16 (H/8) (W/8) with H, W the working size rounded up to multiples of 16. It outputs frames
+per section 7 at width x height.
 Resource limits are the decoder's policy, not the format's: like dav1d's frame size limit, gvcc refuses a valid
 stream whose frame size, frame count or estimated peak memory exceeds what it is allowed (`decode --max-pixels`,
 `--max-frames`, and the memory available), with an error before any work.
@@ -348,7 +352,7 @@ class Header:
     mode: str                # 't2v' | 'i2v' | 'flf2v'
     model: str               # model name from gvcc's MODELS table (printable ASCII, e.g. 't2v-1.3B')
     model_fingerprint: int   # u32, computed by gvcc.py from the weight files
-    generator: int           # codebook generator id (1 = Philox4x32-10 + gvcc Gaussian transform v1)
+    generator: int           # codebook generator id (1 = i.i.d. Philox atoms, 2 = shifts of one vector)
     src_width: int           # source video width (rates are quoted against it)
     src_height: int          # source video height
     width: int               # working width the codec runs at and the decoder outputs

@@ -31,7 +31,7 @@ Pipeline (one GOP, T2V)
         if k < T_sde = min(T - N_tail, T - 1):                 SDE step with a codebook innovation
             for every latent frame f:
                 r      = x0[:, f] - x0_hat[:, f]               (encoder only)      [D]
-                S, s   = top-M |<a_i, r>| over atoms a_0..a_{K-1} of codebook (seed, k, f)
+                S, s   = top-M |<a_i, r>| over atoms a_0..a_{K-1} of codebook (seed, k, f)   (see Codebooks)
                 z_f    = sum_{i in S} s_i a_i ;  z_f = z_f / std(z_f)   (unbiased std)
             g = g_scale t^2 ;  f = u - (g^2 / 2) score
             x = x - f dt + g sqrt(dt) z
@@ -127,7 +127,9 @@ Philox4x32-10 (Salmon et al., SC'11; Random123): key (k0, k1), counter (c0, c1, 
 and between rounds k0 += 0x9E3779B9, k1 += 0xBB67AE85 (mod 2^32). Ten rounds give four u32 outputs.
 gvcc's addressing: key = (seed, stream); counter = (e // 4, atom, step, frame); output lane e % 4 is element e.
     stream 0: the initial latent x_T, atom 0, step 0, frame f: element e of the flattened [C, h, w] frame f.
-    stream 1: codebook atoms, step = SDE step index j, frame = latent frame f, atom = i in 0..K-1.
+    stream 1: codebook atoms, step = SDE step index j, frame = latent frame f, atom = i in 0..K-1 (generator 1).
+    stream 2: generator 2's vector g of codebook (seed, j, f): atom 0, step j, frame f, elements 0..D-1.
+    stream 3: generator 2's permutation words: raw Philox outputs (no Gaussian transform), see Codebooks.
 Gaussian transform (Box-Muller on lane pairs (0, 1) and (2, 3), all in float64, result rounded to float32):
     for a pair of u32 (a, b):
       radius: v = 2a + 1 (exact), (m, e) = frexp(v) with m in [0.5, 1); if m < 0.7071067811865476: m = 2m, e -= 1
@@ -142,6 +144,31 @@ Gaussian transform (Box-Muller on lane pairs (0, 1) and (2, 3), all in float64, 
               quadrant o >> 1 rotates (c, s') to (c, s'), (-s', c), (-c, -s'), (s', -c)
       outputs: (r cos, r sin) -> elements of lanes (0, 1) from (a, b) = (x0, x1), and (2, 3) from (x2, x3).
 Known answers are in tests/golden/ and tests/test_generator.py.
+The same numbers come from three implementations, chosen per request by `gaussian`: the eager torch reference
+(the code below, the spec), a torch.compile'd CPU kernel (large requests; checked bit for bit against the
+reference before first use, eager fallback), and on CUDA a Triton kernel that also scores atoms against a
+residual without writing them (FMA contraction off; tested bit for bit under Triton's interpreter).
+
+Codebooks (header field `generator`; `encode --codebook iid|shift`)
+-------------------------------------------------------------------
+A codebook (seed, j, f) holds K atoms of D = C h w elements, one per (SDE step j, latent frame f). Both sides
+build the innovation of the chosen atoms S (ascending indices k_i, signs s_i = +-1) with the same function.
+Generator 1, `iid` (the paper's, the default): atom i is gaussian(seed, stream 1, j, f, atom i), elements 0..D-1.
+    The encoder scores every atom (O(K D) generated numbers per (step, frame)); the decoder regenerates only the
+    M chosen atoms and sums them: z = sum_i s_i a_{k_i}.
+Generator 2, `shift` (structured): atom k of codebook (seed, j, f), k = 0..K-1 with K <= D, is
+        a_k = P^T roll(g, k),  i.e.  a_k[P[m]] = g[(m - k) mod D]  for m = 0..D-1,
+    g = gaussian(seed, stream 2, step j, frame f, atom 0) elements 0..D-1 (float32), and P a permutation of
+    0..D-1 fixed per (seed, D): w_e = Philox output word e % 4 of counter (e // 4, 0, 0, 0) under key
+    (seed, 3), e = 0..D-1, and P = the stable ascending argsort of w (equal words keep index order); (P r)_m =
+    r[P[m]]. The shifts are s_k = k: K distinct shifts, the first K lags. The permutation decorrelates the
+    elements so that neighbouring shifts are not redundant on spatially smooth residuals.
+    Encoder (not normative): <a_k, r> = sum_m g_m (P r)_{(m + k) mod D}, the circular cross-correlation of g
+    with P r, for all k at once by real FFTs in float64 (O(D log D)); top-M and signs as for generator 1.
+    Decoder (what a port must reproduce bit for bit): y = 0 (float32, D elements); for i in ascending k_i:
+    y = y + roll(g, k_i) if s_i = + else y - roll(g, k_i), each element rounded once in float32; then
+    z[P[m]] = y[m]. One vector of D numbers, M shifted additions.
+Both: z = z / std(z) (unbiased std over the D elements), reshaped to [C, h, w].
 """
 import argparse
 import functools

@@ -18,6 +18,13 @@ per clip and is not in the per-(step, frame) time. Per GOP: 17 SDE steps x 9 lat
 for a 33-frame GOP at the default 20 steps with 3 ODE tail steps.
 
     python bench/bench_codebook.py [--atoms 256] [--device cpu] [--threads 1]
+
+--rd instead prints rate-distortion on the closed-form model of tests/test_sampler.py (a Gaussian mixture with
+exact velocity, one coded frame of D samples, 12 steps, 2 ODE tail steps, g 3, shift 3, M = 16): generator 1
+against generator 2 at the same K up to D = 16384, then generator 2 alone with K up to D = 65536. Bits are the
+stream's index-rank coding, ceil(log2 C(K, M)) + M per (step, frame).
+
+    python bench/bench_codebook.py --rd
 """
 import argparse
 import json
@@ -83,14 +90,36 @@ def run_one(method, shape, atoms, device):
     return {"seconds": seconds, "peak_mib": peak, "compile_s": compile_s}
 
 
+def rate_distortion():
+    """Closed-form-model MSE of both generators over K (see the module docstring)."""
+    import math
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    import gvcc
+    from test_sampler import closed_form_mse, sample_mixture
+    m = 16
+    print(f"closed-form model R-D, M = {m}, steps 12 (tail 2), seed 9; mse against the coded target, lower is better")
+    print(f"{'D':>6} {'K':>6} {'bits/(step,frame)':>18} {'mse gen 1 (iid)':>16} {'mse gen 2 (shift)':>18}")
+    for d, ks, gens in ((16384, (1024, 4096, 16384), (1, 2)), (65536, (4096, 16384, 65536), (2,))):
+        target = sample_mixture(d, 8).reshape(1, 1, 1, d)
+        for k in ks:
+            bits = (math.comb(k, m) - 1).bit_length() + m
+            mse = {g: closed_form_mse(g, 9, d, k, m, target) for g in gens}
+            cells = [f"{mse[g]:.4f}" if g in mse else "-" for g in (gvcc.GENERATOR_IID, gvcc.GENERATOR_SHIFT)]
+            print(f"{d:>6} {k:>6} {bits:>18} {cells[0]:>16} {cells[1]:>18}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--atoms", type=int, default=256, help="atoms measured per (step, frame), per-atom methods")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each measured process")
+    ap.add_argument("--rd", action="store_true", help="closed-form-model R-D of both generators over K instead")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)      # method, size: child process
     args = ap.parse_args()
     import torch
+    if args.rd:
+        return rate_distortion()
     if args.one:
         torch.set_num_threads(args.threads)
         print(json.dumps(run_one(args.one[0], SIZES[args.one[1]], args.atoms, args.device)))

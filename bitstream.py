@@ -7,13 +7,16 @@ Python standard library, so a reader can learn the whole format from this one fi
 
 1. Overview
 -----------
-A gvcc file holds one video clip. It is a header followed by the clip's GOPs (groups of pictures) in display
-order. The header carries every setting the decoder needs, all as integers: mode, model, codebook generator,
-sizes, frame count, frame rate, sampler settings, K, M, seed and prompt. Each GOP carries its coded still frames
+A gvcc file holds one video clip, or a contiguous run of its GOPs (groups of pictures): a *part*, as a sharded
+encoder writes it (section 11). It is a header followed by the GOPs in display order. The header carries every
+setting the decoder needs, all as integers: mode, model, codebook generator, sizes, frame count, frame rate,
+sampler settings, K, M, seed and prompt. Each GOP carries its coded still frames
 (I2V and FLF2V), its tail latent residual (when enabled) and its codebook symbols. For each SDE step and each
 latent frame these are the index set of the chosen atoms, coded as one combinatorial rank, then one sign bit
 per atom. The header ends in a CRC-32 and so does every GOP. The file size is the rate: there is no other
-container, and nothing is left out of the count.
+container, and nothing is left out of the count. GOPs are self-delimiting (each starts with its size), so a
+decoder finds GOP g by stepping over the sizes of the GOPs before it, and decodes only the GOPs it is asked for
+when the mode allows it (section 9.1).
 
 
 2. Conventions
@@ -35,12 +38,16 @@ container, and nothing is left out of the count.
 
 3. File layout
 --------------
-    +--------------------------------+------------------+------------------+-----+----------------------+
-    | header (72 + model_len         | GOP 0            | GOP 1            | ... | GOP NumGops-1        |
-    |         + prompt_len bytes)    | (gop_size + 8)   | (gop_size + 8)   |     |                      |
-    +--------------------------------+------------------+------------------+-----+----------------------+
+    +--------------------------------+--------+------------------+------------------+-----+------------------+
+    | header (84 + model_len         | [lead] | GOP first_gop    | GOP first_gop+1  | ... | GOP first_gop    |
+    |         + prompt_len bytes)    |        | (gop_size + 8)   | (gop_size + 8)   |     |   + gop_count - 1|
+    +--------------------------------+--------+------------------+------------------+-----+------------------+
 
-    header: | fixed fields (68 bytes) | model | prompt | header_crc (4) |
+    header: | fixed fields (80 bytes) | model | prompt | header_crc (4) |
+
+    lead:   | lead_size (4) | lead_still | lead_crc (4) |       only in a flf2v part with first_gop > 0
+
+A complete stream has first_gop = 0 and gop_count = NumGops, and no lead.
 
     GOP:    | gop_size (4) | [still_size (4) | still] x NumStills | [residual_size (4) | residual] | codebook
             | zero bits to the byte boundary | gop_crc (4) |
@@ -94,7 +101,10 @@ Nothing may follow the last GOP.
       66      1   residual_bits       u(8)         bits per value of the tail residual: 4, 8 or 16 (the encoder
                                                    writes 8 when residual = 0)
       67      1   reserved_zero       f(8)         0
-      68      *   model               b(8*model_len)   model name from gvcc's MODELS table, printable ASCII
+      68      4   first_gop           u(32)        index of the first GOP this file holds (0 in a complete stream)
+      72      4   gop_count           u(32)        number of GOPs this file holds, >= 1
+      76      4   clip_crc            u(32)        identifies the source clip (section 11); not used to decode
+      80      *   model               b(8*model_len)   model name from gvcc's MODELS table, printable ASCII
        *      *   prompt              b(8*prompt_len)  text prompt, UTF-8
        *      4   header_crc          u(32)        CRC-32 of every header byte before it (offset 0 on)
 
@@ -219,7 +229,9 @@ For each GOP:
   last frame; its first frame is conditioned on the previous GOP's last still.
 Output: of GOP 0 the decoder outputs all n_frames frames (padding dropped). Of each later GOP it outputs frames
 1..n_frames-1 in i2v and flf2v, because the GOP's frame 0 is the previous GOP's last frame, and all n_frames in
-t2v. That is exactly `frames` frames.
+t2v. That is exactly `frames` frames. OutputFrames( g ) names these source frames: [first_frame, first_frame +
+n_frames) for GOP 0 and in t2v, [first_frame + 1, first_frame + n_frames) for a later i2v / flf2v GOP. The
+GOPs' output frames do not overlap and cover 0..frames-1 in order.
 
 
 8. Limits
@@ -234,6 +246,7 @@ unpacked one (step, latent frame) at a time, when the GOP is decoded.
     src_width, src_height             1 .. 65535
     width, height                     1 .. 4096
     frames                            1 .. 262144 (2^18); >= 2 in i2v and flf2v
+    first_gop, gop_count              gop_count >= 1 and first_gop + gop_count <= NumGops; first_gop = 0 in i2v
     gop_frames                        5 .. 257, and gop_frames = 1 (mod 4)
     steps                             1 .. 1000;  tail_steps 0 .. steps
     K                                 2 .. 65536
@@ -241,7 +254,7 @@ unpacked one (step, latent frame) at a time, when the GOP is decoded.
     tail_frames                       0 .. (gop_frames - 1) / 4 + 1
     model_len                         1 .. 64
     prompt_len                        0 .. 16384
-    still_size                        1 .. 2^24 (16 MiB)
+    still_size, lead_size             1 .. 2^24 (16 MiB)
     residual_size                     1 .. 2^24 (16 MiB); n_channels 1 .. 64, n_values 0 .. 2^22
     residual_bits                     4, 8 or 16
     text_len                          1 .. 4096
@@ -258,13 +271,13 @@ A decoder reads the header and then NumGops GOPs, in this order. It rejects the 
 outputs nothing, when any of these checks fails:
 - magic is not "GVCC", or version is not 2. Both are checked before anything else.
 - The stream ends before a field it needs.
-- header_crc or a gop_crc does not match. Each is checked before the fields it covers are interpreted, except
+- header_crc, lead_crc or a gop_crc does not match. Each is checked before the fields it covers are interpreted, except
   the lengths needed to find it (model_len and prompt_len, gop_size), which are first checked against their
   limits and against the bytes present.
 - mode > 2, a reserved bit or a padding bit is not zero, a field is outside its limit (section 8), model is not
   printable ASCII (0x21..0x7E), or prompt is not valid UTF-8.
 - gop_size does not match the GOP's contents.
-- Bytes follow the last GOP.
+- The lead is missing where section 3 requires it, or bytes follow the last GOP (GOP first_gop + gop_count - 1).
 - An index_rank is >= C(K, m) (checked for the whole stream before any GOP is decoded, without unranking).
 - A residual blob breaks section 6 (checked when it is unpacked).
 - A still is not an image of the kind still_lossless names (AVIF, or 8-bit RGB PNG) of exactly width x height:
@@ -273,7 +286,20 @@ outputs nothing, when any of these checks fails:
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
 stream made for weights or a generator it does not have, and a generator 2 stream whose K exceeds the shifts of
 one latent frame, D = 16 (H/8) (W/8) with H, W the working size rounded up to multiples of 16. It outputs frames
-per section 7 at width x height.
+per section 7 at width x height: the
+OutputFrames of GOPs first_gop .. first_gop + gop_count - 1. A part starting at first_gop > 0 decodes on its own:
+in flf2v the first frame of GOP first_gop is conditioned on the lead still, which is the last still of GOP
+first_gop - 1; t2v GOPs need nothing else. clip_crc is not checked by a decoder.
+
+9.1 Random access
+A decoder asked for GOPs A..B-1 of a stream (first_gop <= A < B <= first_gop + gop_count) checks the header, steps
+over the GOPs before A by their gop_size fields (each checked against its limit and the bytes present) and then
+checks and decodes GOPs A..B-1 completely, outputting their OutputFrames. Its output equals those frames of a
+decoder that decodes everything. In t2v a GOP depends on nothing else. In flf2v GOP A > first_gop needs the last
+still of GOP A-1, which it takes from that GOP after checking its gop_crc (or from the lead when A = first_gop).
+In i2v each GOP after the first is conditioned on the decoded last frame of the GOP before it, so GOP A needs
+GOPs 0..A-1 decoded first: random access in i2v is decoding from GOP 0 and dropping the frames before GOP A.
+
 Resource limits are the decoder's policy, not the format's: like dav1d's frame size limit, gvcc refuses a valid
 stream whose frame size, frame count or estimated peak memory exceeds what it is allowed (`decode --max-pixels`,
 `--max-frames`, and the memory available), with an error before any work.
@@ -288,10 +314,33 @@ stream whose frame size, frame count or estimated peak memory exceeds what it is
   still_lossless = 1. Encoder and decoder both condition on the decoded stills, never on the source frames.
 - When residual = 1, write in each GOP the blob of section 6 for the GOP's last latent frame, made from that
   frame's final latent as the decoder will compute it.
+- Write clip_crc as section 11 defines it, the same value in every part of a clip.
+
+
+11. Parts and concatenation
+---------------------------
+An encoder may code GOPs A..B-1 of a clip alone (t2v and flf2v GOPs do not depend on each other's coding; i2v
+parts start at GOP 0). It writes a part: the header of the whole clip (frames is the whole clip's count) with
+first_gop = A and gop_count = B - A, the lead when section 3 asks for it, and the GOPs exactly as a one-process
+encoder writes them. A part is a valid stream in its own right (section 9).
+
+ClipKey of a header = CRC-32 of its bytes before header_crc with the eight bytes of first_gop and gop_count read
+as zero. It covers every setting and clip_crc, so two parts made with different settings, weights, prompt or
+clip differ in ClipKey. Parts P_0 .. P_n-1 join into one stream (`gvcc.py concat`) when each is valid, all
+have the same ClipKey, P_0 has first_gop = 0, each P_i+1 starts where P_i ends, and the last ends at NumGops.
+The joined stream is the header with first_gop = 0 and gop_count = NumGops (and its new header_crc), followed
+by every part's GOP bytes unchanged (leads dropped). It is byte-identical to a one-process encode of the clip,
+because every GOP's bytes, gop_crc included, depend only on the header's ClipKey fields and on the GOP.
+
+clip_crc: gvcc computes it as the CRC-32 over the source's key frames, the uint8 RGB bytes (row-major
+[H, W, 3], source size, before any resizing) of frame first_frame of every GOP in order (section 7), so that a
+shard reads only NumGops frames of a seekable input to compute it. It tells clips apart that share every
+setting; two clips that agree in every key frame are not told apart.
 """
 import math
 import struct
 import zlib
+import dataclasses
 from array import array
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -334,8 +383,10 @@ HEADER_FIELDS = (
     ("steps", 2), ("tail_steps", 2), ("g_scale_q", 4), ("shift_q", 4),
     ("K", 4), ("M", 2), ("M_tail", 2), ("tail_frames", 1),
     ("model_len", 1), ("prompt_len", 2), ("seed", 4), ("text_len", 2), ("residual_bits", 1), ("reserved", 1),
+    ("first_gop", 4), ("gop_count", 4), ("clip_crc", 4),
 )
-FIXED_HEADER_BYTES = 68                  # magic + HEADER_FIELDS
+FIXED_HEADER_BYTES = 80                  # magic + HEADER_FIELDS
+PART_FIELDS = slice(68, 76)              # first_gop and gop_count: the bytes ClipKey reads as zero
 GOP_FRAMING_BYTES = 8                    # gop_size + gop_crc
 
 
@@ -377,6 +428,9 @@ class Header:
     text_len: int = 512      # rows of the padded text context (512 upstream Wan, 226 the authors' T2V)
     residual_bits: int = 8   # bits per tail residual value: 4, 8 or 16
     still_lossless: int = 0  # 1: stills are lossless PNG instead of AVIF
+    first_gop: int = 0       # first GOP the file holds (0 in a complete stream)
+    gop_count: int = None    # GOPs the file holds; None (written as NumGops - first_gop): through the last GOP
+    clip_crc: int = 0        # identifies the source clip (spec section 11)
 
 
 @dataclass
@@ -448,6 +502,11 @@ def check_header(h):
     _check_range("text_len", h.text_len, 1, MAX_TEXT_LEN)
     if h.residual_bits not in RESIDUAL_BITS:
         raise BitstreamError(f"header: residual_bits = {h.residual_bits!r} is not one of 4, 8, 16")
+    n_gops = num_gops(h)
+    _check_range("first_gop", h.first_gop, 0, n_gops - 1 if h.mode != "i2v" else 0)
+    if h.gop_count is not None:
+        _check_range("gop_count", h.gop_count, 1, n_gops - h.first_gop)
+    _check_range("clip_crc", h.clip_crc, 0, 0xFFFFFFFF)
 
 
 # ==================================================================================================
@@ -480,6 +539,24 @@ def gop_info(header, g):
 def gop_layout(header):
     """The GOPs of a clip, in order: a list of GopInfo (spec section 7, normative)."""
     return [gop_info(header, g) for g in range(num_gops(header))]
+
+
+def gop_range(header):
+    """The indices of the GOPs a stream with this header holds: first_gop .. first_gop + gop_count - 1."""
+    count = header.gop_count if header.gop_count is not None else num_gops(header) - header.first_gop
+    return range(header.first_gop, header.first_gop + count)
+
+
+def has_lead(header):
+    """A flf2v part that starts after GOP 0 carries the previous GOP's last still (spec section 3)."""
+    return header.mode == "flf2v" and header.first_gop > 0
+
+
+def output_frames(header, g):
+    """OutputFrames( g ): the range of source frames the decoder outputs from GOP g (spec section 7)."""
+    info = gop_info(header, g)
+    skip = 1 if g > 0 and header.mode != "t2v" else 0
+    return range(info.first_frame + skip, info.first_frame + info.n_frames)
 
 
 def atoms_for_frame(header, f, latent_frames):
@@ -711,7 +788,7 @@ def write_header(header):
     values = {name: getattr(header, name, None) for name, _ in HEADER_FIELDS}
     values.update(version=VERSION, mode=MODES.index(header.mode),
                   flags=header.residual << 7 | header.precision << 6 | header.still_lossless << 5,
-                  model_len=len(model), prompt_len=len(prompt), reserved=0)
+                  model_len=len(model), prompt_len=len(prompt), reserved=0, gop_count=len(gop_range(header)))
     out = MAGIC + b"".join(_u(values[name], size) for name, size in HEADER_FIELDS) + model + prompt
     return out + _u(zlib.crc32(out), 4)
 
@@ -738,40 +815,66 @@ def _check_symbols(header, g, symbols, latent_frames):
                 prev = c
 
 
-def write_stream(header, gops):
-    """Serialise a header and its GOPs (one Gop per entry of gop_layout(header)) to bytes."""
-    head = write_header(header)
-    layout = gop_layout(header)
-    if len(gops) != len(layout):
-        raise BitstreamError(f"{len(gops)} GOPs given, the header's frame count needs {len(layout)}")
-    parts = [head]
-    for g, (info, gop) in enumerate(zip(layout, gops)):
-        body = bytearray()
-        if len(gop.stills) != info.n_stills:
-            raise BitstreamError(f"GOP {g}: {len(gop.stills)} stills given, mode {header.mode} needs {info.n_stills}")
-        for still in gop.stills:
-            if not 1 <= len(still) <= MAX_STILL_SIZE:
-                raise BitstreamError(f"GOP {g}: still of {len(still)} bytes is outside 1..{MAX_STILL_SIZE}")
-            body += _u(len(still), 4) + bytes(still)
-        if header.residual:
-            if not 1 <= len(gop.residual) <= MAX_RESIDUAL_SIZE:
-                raise BitstreamError(f"GOP {g}: residual of {len(gop.residual)} bytes is outside 1..{MAX_RESIDUAL_SIZE}")
-            body += _u(len(gop.residual), 4) + bytes(gop.residual)
-        elif gop.residual:
-            raise BitstreamError(f"GOP {g}: carries a residual but the header's residual flag is 0")
-        _check_symbols(header, g, gop.symbols, info.latent_frames)
-        bits = _BitWriter()
-        for step in gop.symbols:
-            for f, (indices, signs) in enumerate(step):
-                m = len(indices)
-                bits.put(combination_rank(list(indices), header.K), rank_bits(header.K, m))
-                bits.put(int("".join("01"[s] for s in signs), 2), m)
-        body += bits.finish()
-        if len(body) > MAX_GOP_SIZE:
-            raise BitstreamError(f"GOP {g}: {len(body)} bytes, the limit is {MAX_GOP_SIZE}")
-        gop_bytes = _u(len(body), 4) + bytes(body)
-        parts.append(gop_bytes + _u(zlib.crc32(gop_bytes), 4))
-    return b"".join(parts)
+def clip_key(header_bytes):
+    """ClipKey (spec section 11): CRC-32 of the header bytes before header_crc, first_gop and gop_count as zero."""
+    b = bytearray(header_bytes[:-4])
+    b[PART_FIELDS] = bytes(PART_FIELDS.stop - PART_FIELDS.start)
+    return zlib.crc32(b)
+
+
+def write_lead(still):
+    """The lead of a flf2v part (spec section 3): lead_size, the still, lead_crc."""
+    if not 1 <= len(still) <= MAX_STILL_SIZE:
+        raise BitstreamError(f"lead still of {len(still)} bytes is outside 1..{MAX_STILL_SIZE}")
+    body = _u(len(still), 4) + bytes(still)
+    return body + _u(zlib.crc32(body), 4)
+
+
+def write_stream(header, gops, lead=None):
+    """Serialise a header and its GOPs (one Gop per index in gop_range(header)) to bytes.
+
+    lead: the lead still's bytes, which a flf2v part with first_gop > 0 must have (has_lead) and no other stream.
+    """
+    out = [write_header(header)]
+    if has_lead(header) != (lead is not None):
+        raise BitstreamError(f"a lead still is needed exactly in a flf2v part after GOP 0 (first_gop "
+                             f"{header.first_gop}, mode {header.mode})")
+    if lead is not None:
+        out.append(write_lead(lead))
+    indices = gop_range(header)
+    if len(gops) != len(indices):
+        raise BitstreamError(f"{len(gops)} GOPs given, the header's frame count and GOP range need {len(indices)}")
+    return b"".join(out + [write_gop(header, g, gop) for g, gop in zip(indices, gops)])
+
+
+def write_gop(header, g, gop):
+    """The bytes of GOP g (spec section 5), gop_crc included."""
+    info = gop_info(header, g)
+    body = bytearray()
+    if len(gop.stills) != info.n_stills:
+        raise BitstreamError(f"GOP {g}: {len(gop.stills)} stills given, mode {header.mode} needs {info.n_stills}")
+    for still in gop.stills:
+        if not 1 <= len(still) <= MAX_STILL_SIZE:
+            raise BitstreamError(f"GOP {g}: still of {len(still)} bytes is outside 1..{MAX_STILL_SIZE}")
+        body += _u(len(still), 4) + bytes(still)
+    if header.residual:
+        if not 1 <= len(gop.residual) <= MAX_RESIDUAL_SIZE:
+            raise BitstreamError(f"GOP {g}: residual of {len(gop.residual)} bytes is outside 1..{MAX_RESIDUAL_SIZE}")
+        body += _u(len(gop.residual), 4) + bytes(gop.residual)
+    elif gop.residual:
+        raise BitstreamError(f"GOP {g}: carries a residual but the header's residual flag is 0")
+    _check_symbols(header, g, gop.symbols, info.latent_frames)
+    bits = _BitWriter()
+    for step in gop.symbols:
+        for f, (indices, signs) in enumerate(step):
+            m = len(indices)
+            bits.put(combination_rank(list(indices), header.K), rank_bits(header.K, m))
+            bits.put(int("".join("01"[s] for s in signs), 2), m)
+    body += bits.finish()
+    if len(body) > MAX_GOP_SIZE:
+        raise BitstreamError(f"GOP {g}: {len(body)} bytes, the limit is {MAX_GOP_SIZE}")
+    gop_bytes = _u(len(body), 4) + bytes(body)
+    return gop_bytes + _u(zlib.crc32(gop_bytes), 4)
 
 
 # ==================================================================================================
@@ -857,12 +960,29 @@ def _read_header(data):
                     residual=raw["flags"] >> 7, precision=(raw["flags"] >> 6) & 1,
                     still_lossless=(raw["flags"] >> 5) & 1, **fields)
     check_header(header)
+    if header.first_gop + header.gop_count == num_gops(header):
+        header = dataclasses.replace(header, gop_count=None)     # canonical: through the last GOP
     return header, length + 4
 
 
 def read_header(data):
     """The Header of a stream; `data` needs to hold only the header's bytes."""
     return _read_header(data)[0]
+
+
+def _read_lead(data, header, pos):
+    """(lead still bytes or None, position after the lead) (spec section 3)."""
+    if not has_lead(header):
+        return None, pos
+    _need(data, pos, 4, "lead_size")
+    size = _get(data, pos, 4)
+    if not 1 <= size <= MAX_STILL_SIZE:
+        raise BitstreamError(f"lead: lead_size = {size} is outside 1..{MAX_STILL_SIZE}")
+    _need(data, pos, size + 8, "lead")
+    stored, computed = _get(data, pos + 4 + size, 4), zlib.crc32(data[pos:pos + 4 + size])
+    if stored != computed:
+        raise BitstreamError(f"lead: CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    return bytes(data[pos + 4:pos + 4 + size]), pos + size + 8
 
 
 class GopRecord:
@@ -994,15 +1114,18 @@ def _read_gop(data, pos, header, g):
 class Stream:
     """A stream whose header and GOP framing open_stream has checked: stream[g] is GOP g's GopRecord.
 
-    Reading a record re-reads only that GOP's framing (and its CRC), so GOPs can be visited in any order and
-    in any number, e.g. a range of them for random access.
+    g is the GOP's index in the clip: first_gop .. first_gop + gop_count - 1 (`indices`; 0 .. NumGops - 1 in a
+    complete stream). Reading a record re-reads only that GOP's framing (and its CRC), so GOPs can be visited in
+    any order and in any number, e.g. a range of them for random access (section 9.1).
     """
 
-    def __init__(self, data, header, header_bytes, offsets):
+    def __init__(self, data, header, header_bytes, offsets, lead=None):
         self.data = data                     # memoryview of the whole stream
         self.header = header
         self.header_bytes = header_bytes     # header length, header_crc included
         self._offsets = offsets              # array of each GOP's byte offset
+        self.indices = gop_range(header)     # the GOPs the stream holds
+        self.lead = lead                     # a flf2v part's lead still (section 3), else None
 
     def __len__(self):
         return len(self._offsets)
@@ -1011,18 +1134,29 @@ class Stream:
         if not isinstance(g, int):
             raise TypeError("a Stream is indexed by GOP number")
         if g < 0:
-            g += len(self)
-        if not 0 <= g < len(self):
-            raise IndexError(f"GOP {g} is outside 0..{len(self) - 1}")
-        return _read_gop(self.data, self._offsets[g], self.header, g)
+            g += self.indices.stop
+        if g not in self.indices:
+            raise IndexError(f"GOP {g} is outside {self.indices.start}..{self.indices.stop - 1}")
+        return _read_gop(self.data, self._offsets[g - self.indices.start], self.header, g)
 
     def __iter__(self):
-        return (self[g] for g in range(len(self)))
+        return (self[g] for g in self.indices)
 
     def check_ranks(self):
         """Range-check every index_rank of every GOP (section 9), unranking nothing."""
         for gop in self:
             gop.check_ranks()
+
+    def lead_for(self, g):
+        """flf2v: the still that conditions GOP g's first frame when g is not GOP 0: the last still of GOP g-1,
+        or the lead when GOP g-1 is not in the stream (section 9.1). None otherwise."""
+        if self.header.mode != "flf2v" or g == 0:
+            return None
+        return self.lead if g == self.indices.start else bytes(self[g - 1].stills[-1])
+
+    def gop_bytes(self):
+        """The bytes of all the stream's GOPs (what concat copies)."""
+        return bytes(self.data[self._offsets[0]:]) if len(self) else b""
 
 
 def open_stream(data):
@@ -1031,25 +1165,79 @@ def open_stream(data):
     header, pos = _read_header(data)
     header_bytes = pos
     data = _view(data)
-    n_gops = num_gops(header)
-    # Each GOP is at least 8 bytes: reject a forged frame count before building the index.
-    _need(data, pos, GOP_FRAMING_BYTES * n_gops, f"the header's {n_gops} GOP(s)")
+    lead, pos = _read_lead(data, header, pos)
+    indices = gop_range(header)
+    # Each GOP is at least 8 bytes: reject a forged GOP count before building the index.
+    _need(data, pos, GOP_FRAMING_BYTES * len(indices), f"the header's {len(indices)} GOP(s)")
     offsets = array("Q")
-    for g in range(n_gops):
+    for g in indices:
         gop = _read_gop(data, pos, header, g)
         offsets.append(pos)
         pos += gop.total_bytes
     if pos != len(data):
         raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last GOP (offset {pos})")
-    return Stream(data, header, header_bytes, offsets)
+    return Stream(data, header, header_bytes, offsets, lead)
+
+
+def _unpacked(gop):
+    return Gop(gop.symbols(), [bytes(s) for s in gop.stills], bytes(gop.residual))
 
 
 def read_stream(data):
     """(header, list of Gop) with every symbol unpacked: for small streams (tests, tools). A decoder uses
     open_stream, whose memory does not grow with the symbols."""
     stream = open_stream(data)
-    return stream.header, [Gop(gop.symbols(), [bytes(s) for s in gop.stills], bytes(gop.residual))
-                           for gop in stream]
+    return stream.header, [_unpacked(gop) for gop in stream]
+
+
+def read_part(data):
+    """(header, lead still or None, list of Gop): read_stream that also returns a part's lead (spec section 3)."""
+    stream = open_stream(data)
+    return stream.header, stream.lead, [_unpacked(gop) for gop in stream]
+
+
+def read_gops(data, start, stop):
+    """Random access (spec section 9.1): (header, lead, [Gop of g for g in start..stop-1]); lead is what
+    Stream.lead_for(start) gives."""
+    stream = open_stream(data)
+    if not stream.indices.start <= start < stop <= stream.indices.stop:
+        raise BitstreamError(f"GOPs {start}:{stop} are not within the stream's GOPs "
+                             f"{stream.indices.start}:{stream.indices.stop}")
+    return stream.header, stream.lead_for(start), [_unpacked(stream[g]) for g in range(start, stop)]
+
+
+def concat(parts):
+    """Join part streams (bytes, in order) into one complete stream (spec section 11); BitstreamError if they
+    do not form one clip."""
+    if not parts:
+        raise BitstreamError("concat needs at least one part")
+    first = None
+    pieces, expect = [], 0
+    for i, data in enumerate(parts):
+        try:
+            stream = open_stream(data)
+            stream.check_ranks()
+        except BitstreamError as exc:
+            raise BitstreamError(f"part {i + 1}: {exc}") from None
+        header = stream.header
+        key = clip_key(bytes(stream.data[:stream.header_bytes]))
+        if first is None:
+            first = (header, key)
+        elif key != first[1]:
+            diff = [f for f in Header.__dataclass_fields__ if f not in ("first_gop", "gop_count")
+                    and getattr(header, f) != getattr(first[0], f)]
+            raise BitstreamError(f"part {i + 1} is not from the same clip and settings as part 1 "
+                                 f"(differs in {', '.join(diff) or 'its header bytes'})")
+        if stream.indices.start != expect:
+            raise BitstreamError(f"part {i + 1} holds GOPs {stream.indices.start}:{stream.indices.stop}, expected "
+                                 f"it to start at GOP {expect}")
+        expect = stream.indices.stop
+        pieces.append(stream.gop_bytes())
+    n_gops = num_gops(first[0])
+    if expect != n_gops:
+        raise BitstreamError(f"the parts end at GOP {expect}, the clip has {n_gops} GOPs")
+    whole = dataclasses.replace(first[0], first_gop=0, gop_count=None)
+    return write_header(whole) + b"".join(pieces)
 
 
 # ==================================================================================================
@@ -1063,7 +1251,8 @@ def stream_report(data):
     per GOP (GopRecord.row): index; total_bytes (the whole GOP) = codebook_bytes + still_bytes + residual_bytes +
     overhead_bytes (the framing: gop_size, gop_crc and the still and residual size fields); codebook_bits =
     rank_bits + sign_bits (codebook_bytes holds them plus padding_bits zero bits); first_frame, n_frames,
-    latent_frames, n_stills. header_bytes plus the sum of the GOPs' total_bytes is file_bytes.
+    latent_frames, n_stills; lead_bytes: the lead of a flf2v part (0 elsewhere). header_bytes + lead_bytes plus
+    the sum of the GOPs' total_bytes is file_bytes.
     """
     stream = open_stream(data)
     rows = []
@@ -1071,4 +1260,5 @@ def stream_report(data):
         gop.check_ranks()
         rows.append(gop.row())
     return dict(file_bytes=len(stream.data), header_bytes=stream.header_bytes,
+                lead_bytes=len(stream.lead) + 8 if stream.lead is not None else 0,
                 prompt_bytes=len(stream.header.prompt.encode("utf-8")), gops=rows)

@@ -860,7 +860,7 @@ class Codec:
 
 
 def load_codec(spec, weights_dir, prompt, device, precision, text_len=512):
-    """Load everything a GOP needs. The text encoder is run once on the prompt and then dropped.
+    """Load everything a GOP needs. The prompt's context comes from the cache (text_context).
 
     text_len (the header's) is the padded length of the text context: the prompt's tokens are cut to
     text_len - 1 plus EOS, and the DiT zero-pads the features to text_len rows before its text MLP.
@@ -871,11 +871,7 @@ def load_codec(spec, weights_dir, prompt, device, precision, text_len=512):
     import wan_model
     paths = model_paths(spec, weights_dir)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    t5_cfg = dataclasses.replace(wan_model.T5_CONFIGS[spec.t5], text_len=text_len)
-    t5, tokenizer = wan_model.load_t5(paths["t5"], t5_cfg, dtype=dtype)
-    t5 = {k: v.to(device) for k, v in t5.items()}
-    context = wan_model.encode_text(t5, t5_cfg, tokenizer, prompt).to(device)
-    del t5
+    context = text_context(spec, paths, prompt, device, precision, weights_dir, text_len)
     dit_cfg = dataclasses.replace(wan_model.DIT_CONFIGS[spec.dit], text_len=text_len)
     dit = wan_model.load_dit(paths["dit"], dit_cfg, dtype=dtype, device=device)
     vae_cfg = vae_mod.VAE_CONFIGS[spec.vae]
@@ -886,6 +882,82 @@ def load_codec(spec, weights_dir, prompt, device, precision, text_len=512):
         codec.clip = {k: v.to(device) for k, v in wan_model.load_clip(paths["clip"], codec.clip_cfg,
                                                                       dtype=dtype).items()}
     return codec
+
+
+# The encoded prompt is cached next to the weights: UMT5-XXL is 11 GB in fp16 (23 GB in float32 on a CPU) and
+# most streams carry the same (often empty) prompt. An entry is a safetensors file holding `context` [Lt, D] and,
+# in its metadata, the full key and the sha256 of the tensor's bytes; a file whose key or checksum does not match
+# (corrupt, truncated, a hash collision, another encoder) is recomputed and replaced, never used.
+CONTEXT_CACHE = ".gvcc-context"         # folder inside the weights folder
+
+
+def context_cache_key(spec, paths, prompt, precision, device, text_len=512):
+    """What the encoded prompt depends on: the text encoder (fingerprint and config), the padded length text_len
+    (it cuts the tokens), precision and device type (float results differ between them), and the prompt."""
+    fingerprint = model_fingerprint({"t5": paths["t5"]})
+    return f"gvcc-context v1|t5 {fingerprint:08x} {spec.t5}|text_len {text_len}|{precision}|" \
+           f"{torch.device(device).type}|prompt {prompt}"
+
+
+def text_context(spec, paths, prompt, device, precision, weights_dir, text_len=512):
+    """The prompt encoded by UMT5, [Lt, D] float32 on `device`: from the cache when it holds a valid entry, else
+    computed (loading the text encoder, then dropping it) and stored in the cache."""
+    import dataclasses
+    import hashlib
+
+    import wan_model
+    key = context_cache_key(spec, paths, prompt, precision, device, text_len)
+    path = os.path.join(weights_dir, CONTEXT_CACHE, hashlib.sha256(key.encode()).hexdigest()[:32] + ".safetensors")
+    cached = read_cached_context(path, key)
+    if cached is not None:
+        return cached.to(device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    t5_cfg = dataclasses.replace(wan_model.T5_CONFIGS[spec.t5], text_len=text_len)
+    t5, tokenizer = wan_model.load_t5(paths["t5"], t5_cfg, dtype=dtype)
+    t5 = {k: v.to(device) for k, v in t5.items()}
+    context = wan_model.encode_text(t5, t5_cfg, tokenizer, prompt).to(device)         # [Lt, D]
+    del t5
+    write_cached_context(path, key, context)
+    return context
+
+
+def _tensor_sha256(t):
+    import hashlib
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def read_cached_context(path, key):
+    """The cached context [Lt, D] for `key`, or None when there is no entry or it fails any check."""
+    from safetensors import safe_open
+    if not os.path.exists(path):
+        return None
+    try:
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("key") != key or list(fh.keys()) != ["context"]:
+                return None
+            context = fh.get_tensor("context")
+    except Exception:       # any damage safetensors reports (truncated, bad header): recompute
+        return None
+    if context.dim() != 2 or context.dtype != torch.float32 or _tensor_sha256(context) != meta.get("sha256"):
+        return None
+    return context
+
+
+def write_cached_context(path, key, context):
+    """Store an entry atomically; a weights folder we cannot write to just means no cache."""
+    from safetensors.torch import save_file
+    context = context.detach().to("cpu", torch.float32).contiguous()                   # [Lt, D]
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_file({"context": context}, tmp, metadata={"key": key, "sha256": _tensor_sha256(context)})
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"gvcc: note: cannot cache the text context in {os.path.dirname(path)} ({exc.strerror})",
+              file=sys.stderr)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def make_velocity(codec, y=None, clip_fea=None):
@@ -1028,33 +1100,72 @@ def settings_of(hdr):
 
 
 def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
-    """Encode (`frames` given: uint8 [N, height, width, 3]) or decode (`gops` given) a whole clip.
+    """Encode (`frames` given: uint8 [N, height, width, 3]) or decode (`gops` given) a whole clip in memory.
 
     `gops` is a bitstream.Stream (symbols are unpacked one at a time, as the sampler asks for them) or a list
     of bitstream.Gop. Returns (gops, reconstruction uint8 [N, height, width, 3]): the coded GOPs when encoding.
+    The CLI streams with code_gops instead.
+    """
+    import bitstream
+    indices = range(bitstream.num_gops(hdr))
+    if frames is not None:
+        def source(g):
+            info = bitstream.gop_info(hdr, g)
+            return frames[info.first_frame:info.first_frame + info.n_frames]
+        steps = code_gops(codec, hdr, indices, source=source, on_step=on_step)
+    else:
+        held = gops if isinstance(gops, bitstream.Stream) else dict(zip(indices, gops))
+        steps = code_gops(codec, hdr, indices, gops=held, on_step=on_step)
+    coded, out = [], []
+    for _, gop, video in steps:
+        coded.append(gop)
+        out.append(video)
+    return (coded if frames is not None else gops), np.concatenate(out)
 
-    Both directions walk the GOPs through this one function, so the decoder repeats the encoder's arithmetic
-    exactly: same conditioning from the same decoded frames, same sampler, same innovations, same residual.
+
+def code_gops(codec, hdr, indices, source=None, gops=None, lead=None, on_step=None, on_gop=None):
+    """Encode (`source` given) or decode (`gops` given) the GOPs `indices` (consecutive) of a clip, one at a time.
+
+    source(g) -> uint8 [n_frames, height, width, 3]: the source frames of GOP g (bitstream.gop_info).
+    gops: {g: bitstream.Gop} to decode. lead: flf2v only, the still bytes of the frame the first GOP starts on
+    when that GOP is not GOP 0 (the encoder makes it from the source when not given). i2v must start at GOP 0.
+    on_gop(g) is called as GOP g starts, on_step() after each sampler step.
+    Yields (g, bitstream.Gop, uint8 [n_out, height, width, 3]): the GOP as coded and its output frames
+    (bitstream.output_frames), so that a caller writes each GOP before the next one is computed and memory holds
+    about one GOP of frames. Both directions walk the GOPs through this one function, so the decoder repeats the
+    encoder's arithmetic exactly: same conditioning from the same decoded frames, same sampler, same
+    innovations, same residual.
     """
     import bitstream
     import media
     import vae as vae_mod
-    encoding = frames is not None
+    encoding = source is not None
     width, height = hdr.width, hdr.height
     pw, ph = pixel_size(width, height)          # what the VAE sees
     lh, lw = latent_size(width, height)         # what the DiT sees
     settings = settings_of(hdr)
-    coded, out = [], []
     reference = None        # I2V: the previous GOP's decoded last frame; FLF2V: the shared boundary frame
-    for g, info in enumerate(bitstream.gop_layout(hdr)):
+    if indices and indices[0] > 0:
+        if hdr.mode == "i2v":
+            raise GvccError(f"i2v GOP {indices[0]} is conditioned on the decoded last frame of GOP "
+                            f"{indices[0] - 1}, so i2v decodes and encodes from GOP 0 on")
+        if hdr.mode == "flf2v":
+            if lead is None and encoding:
+                lead = media.encode_still(source(indices[0])[0], hdr.still_quality, lossless=hdr.still_lossless)
+            reference = pad_frames(decode_still(indices[0] - 1, "lead", lead, hdr)[None], 1, ph, pw)[0]  # [H, W, 3]
+    for g in indices:
+        if on_gop is not None:
+            on_gop(g)
+        info = bitstream.gop_info(hdr, g)
         shape = (LATENT_CHANNELS, info.latent_frames, lh, lw)
-        last_src = info.first_frame + info.n_frames - 1
         if encoding:
-            src = pad_frames(frames[info.first_frame:last_src + 1], info.n_padded, ph, pw)    # [T_pix, H, W, 3]
+            frames = source(g)                                                                 # [n, height, width, 3]
+            src = pad_frames(frames, info.n_padded, ph, pw)                                    # [T_pix, H, W, 3]
             x0 = vae_mod.encode(codec.vae, codec.vae_cfg, to_model(src, codec.device))        # [C, F, h0, w0]
             x0 = pad_latent(x0, lh, lw)                                                        # [C, F, h, w]
-            stills = [media.encode_still(frames[i], hdr.still_quality, lossless=hdr.still_lossless)
+            stills = [media.encode_still(frames[i - info.first_frame], hdr.still_quality, lossless=hdr.still_lossless)
                       for i in still_frames(hdr, g, info)]
+            del frames, src
         else:
             gop = gops[g]               # a bitstream.Gop or GopRecord: symbols are read as they are needed
             stills = [bytes(s) for s in gop.stills]
@@ -1092,11 +1203,9 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
         if hdr.mode == "i2v":
             reference = video[-1]
         if g > 0 and hdr.mode != "t2v":
-            video = video[1:]       # the shared boundary frame is already in the output
-        out.append(video[:, :height, :width])
-        if encoding:
-            coded.append(bitstream.Gop(symbols=symbols, stills=stills, residual=residual))
-    return (coded if encoding else gops), np.concatenate(out)
+            video = video[1:]       # the shared boundary frame is the previous GOP's output
+        coded = bitstream.Gop(symbols=symbols, stills=stills, residual=residual) if encoding else gop
+        yield g, coded, video[:, :height, :width]
 
 
 # ==================================================================================================
@@ -1104,33 +1213,82 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
 # ==================================================================================================
 
 class Progress:
-    """Sampler steps done out of a total, with an ETA, on stderr (at most one line every two seconds)."""
+    """What a long job is doing, on stderr: the GOP, its phase (reading the source or conditioning, sampling step k
+    of T, writing), the time spent, and an ETA for the GOP and for the whole job.
 
-    def __init__(self, total, label, quiet=False):
-        self.total, self.label, self.quiet = total, label, quiet
-        self.done, self.start, self.last = 0, time.time(), 0.0
+    On a terminal one status line is redrawn in place; otherwise (a log file, a batch job) a plain line is printed
+    when a GOP starts, changes phase and ends, and at most every `every` seconds in between. The clip's ETA counts
+    sampler steps and spreads the reading and writing time over them, so it settles after the first GOP; the
+    GOP's ETA is the current GOP's remaining steps at its own step rate.
+    """
+
+    def __init__(self, n_gops, steps, label, quiet=False, stream=None, every=None):
+        self.n_gops, self.steps, self.label, self.quiet = n_gops, steps, label, quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every if every is not None else 1.0 if self.tty else 10.0     # seconds between lines
+        self.start = self.last = time.time()
+        self.gops_done, self.step_in_gop, self.gop, self.phase = 0, 0, None, "starting"
+        self.gop_start = self.step_start = self.start
+
+    def begin_gop(self, g):
+        self.gop, self.step_in_gop, self.gop_start = g, 0, time.time()
+        self.set_phase("reading" if self.label == "encode" else "conditioning")
+
+    def set_phase(self, phase):
+        self.phase = phase
+        if phase == "sampling":
+            self.step_start = time.time()
+        self._show(force=phase != "sampling")
 
     def __call__(self):
-        self.done += 1
+        """One sampler step done (run_gop's on_step)."""
+        if self.phase != "sampling":
+            self.set_phase("sampling")
+        self.step_in_gop += 1
+        self._show()
+
+    def end_gop(self):
+        self.gops_done += 1
+        self.phase = "done"
+        self._show(force=True)
+
+    def finish(self):
+        if self.tty and not self.quiet:
+            print(file=self.stream, flush=True)
+
+    def _show(self, force=False):
         now = time.time()
-        if self.quiet or (now - self.last < 2.0 and self.done < self.total):
+        if self.quiet or (not force and now - self.last < self.every):
             return
         self.last = now
-        eta = (now - self.start) / self.done * (self.total - self.done)
-        print(f"gvcc: {self.label} step {self.done}/{self.total}, {now - self.start:.0f} s, "
-              f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+        elapsed = now - self.start
+        done = self.gops_done * self.steps + (self.step_in_gop if self.phase != "done" else 0)
+        total = self.n_gops * self.steps
+        clip_eta = elapsed / done * (total - done) if done else None
+        gop_eta = None
+        if self.phase == "sampling" and self.step_in_gop:
+            gop_eta = (now - self.step_start) / self.step_in_gop * (self.steps - self.step_in_gop)
+        where = f"GOP {self.gops_done + (self.phase != 'done')}/{self.n_gops}"
+        if self.gop is not None:
+            where += f" (#{self.gop})"
+        what = f"step {self.step_in_gop}/{self.steps}" if self.phase == "sampling" else self.phase
+        line = (f"gvcc: {self.label} {where} {what}, {_duration(elapsed)}"
+                + (f", GOP ETA {_duration(gop_eta)}" if gop_eta is not None else "")
+                + (f", ETA {_duration(clip_eta)}" if clip_eta is not None else ""))
+        if self.tty:
+            print("\r" + line + "\x1b[K", end="", file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
 
 
-def atomic_write(path, data):
-    """Write bytes to `path` through a temporary file in the same folder, so no half-written file remains."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def default_device():
@@ -1260,6 +1418,44 @@ def tell_reading(args, video):
         print(f"gvcc: warning: {warning}", file=sys.stderr, flush=True)
 
 
+def parse_span(text, what):
+    """'A:B' -> (A, B) with A < B (either may be empty: None); GvccError otherwise."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a, b = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise GvccError(f"{what} {text}: expected START:STOP (Python-style, STOP excluded), e.g. 0:4") from None
+    if (a is not None and a < 0) or (b is not None and b < 0) or (a is not None and b is not None and a >= b):
+        raise GvccError(f"{what} {text}: need 0 <= START < STOP")
+    return a, b
+
+
+def gop_span(hdr, text):
+    """--gops A:B of a clip with this header -> range(A, B) (B defaults to the last GOP + 1)."""
+    import bitstream
+    a, b = parse_span(text, "--gops")
+    n = bitstream.num_gops(hdr)
+    a, b = a or 0, n if b is None else b
+    if b > n:
+        raise GvccError(f"--gops {text}: the clip has {n} GOPs (0:{n})")
+    return range(a, b)
+
+
+def clip_crc(frames, hdr):
+    """The clip_crc of bitstream.py section 11: CRC-32 of the source's key frames (first frame of each GOP),
+    frames: uint8 [N, H, W, 3] at the source size."""
+    import zlib
+
+    import bitstream
+    crc = 0
+    for g in range(bitstream.num_gops(hdr)):
+        frame = frames[bitstream.gop_info(hdr, g).first_frame]                        # [H, W, 3]
+        crc = zlib.crc32(np.ascontiguousarray(frame).tobytes(), crc)
+    return crc
+
+
 def cmd_encode(args):
     import dataclasses
 
@@ -1286,7 +1482,7 @@ def cmd_encode(args):
     n, src_h, src_w = frames.shape[:3]
     width, height = media.parse_size(args.size) if args.size else (src_w, src_h)
     if (width, height) != (src_w, src_h):
-        frames = media.resize(frames, width, height)
+        frames = media.resize(frames, width, height)                                   # [N, height, width, 3]
     if mode != "t2v" and n < 2:
         raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
     if args.gop < 5 or (args.gop - 1) % 4:
@@ -1339,31 +1535,91 @@ def cmd_encode(args):
               file=sys.stderr)
         if note:
             print(f"gvcc: warning: {target} cannot be met: {note}", file=sys.stderr)
+    indices = range(bitstream.num_gops(hdr))
+    if args.gops:
+        indices = gop_span(hdr, args.gops)
+        if mode == "i2v" and indices.start > 0:
+            raise GvccError(f"--gops {args.gops}: i2v GOP {indices.start} is conditioned on the decoded last frame "
+                            f"of GOP {indices.start - 1}, so an i2v part must start at GOP 0 (shard t2v or flf2v)")
+        hdr = dataclasses.replace(hdr, first_gop=indices.start, gop_count=len(indices))
     if args.recon:
         media.check_output(args.recon, width, height)
     paths = model_paths(spec, args.weights)
-    hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths))
+    hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths), clip_crc=clip_crc(video.frames, hdr))
+    warned = bool(video.warnings)
+    del video                               # the source-size frames: the working-size ones are coded
     codec = load_codec(spec, args.weights, args.prompt, device, precision, hdr.text_len)
-    layout = bitstream.gop_layout(hdr)
-    progress = Progress(len(layout) * hdr.steps, "encode", args.quiet)
+    progress = Progress(len(indices), hdr.steps, "encode", args.quiet)
+
+    def source(g):
+        info = bitstream.gop_info(hdr, g)
+        return frames[info.first_frame:info.first_frame + info.n_frames]           # [n, height, width, 3]
     start = time.time()
-    gops, recon = code_clip(codec, hdr, frames, on_step=progress)
-    data = bitstream.write_stream(hdr, gops)
-    atomic_write(args.output, data)
-    if args.recon:
-        media.write_video(args.recon, recon, fps)
-    bits = 8 * len(data)
-    print(f"gvcc: {args.output}: {n} frames {src_w}x{src_h}{f' (coded at {width}x{height})' if args.size else ''} "
-          f"at {float(fps):g} fps, {len(data)} bytes, {len(layout)} GOPs, {bits / pixels:.5f} bpp, "
-          f"{bits * fps.numerator / (n * fps.denominator) / 1000:.2f} kbps, {time.time() - start:.1f} s",
+    size = residual = 0
+    recon = media.VideoWriter(args.recon, width, height, fps) if args.recon else None
+    with AtomicFile(args.output) as out:
+        out.write(bitstream.write_header(hdr))
+        if bitstream.has_lead(hdr):
+            lead = media.encode_still(source(indices.start)[0], hdr.still_quality, lossless=hdr.still_lossless)
+            out.write(bitstream.write_lead(lead))
+        else:
+            lead = None
+        try:
+            for g, gop, video in code_gops(codec, hdr, indices, source=source, lead=lead, on_step=progress,
+                                           on_gop=progress.begin_gop):
+                progress.set_phase("writing")
+                out.write(bitstream.write_gop(hdr, g, gop))
+                residual += len(gop.residual)
+                if recon:
+                    recon.write(video)
+                progress.end_gop()
+            if recon:
+                recon.close()
+        except BaseException:
+            if recon:
+                recon.abort()
+            raise
+        size = out.size
+    progress.finish()
+    frames_out = sum(len(bitstream.output_frames(hdr, g)) for g in indices)
+    bits = 8 * size
+    print(f"gvcc: {args.output}: {size} bytes, {len(indices)} GOPs"
+          f"{f' ({indices.start}:{indices.stop} of {bitstream.num_gops(hdr)})' if args.gops else ''}, "
+          f"{bits / (src_w * src_h * frames_out):.5f} bpp, "
+          f"{bits * fps.numerator / (frames_out * fps.denominator) / 1000:.2f} kbps, {time.time() - start:.1f} s",
           file=sys.stderr)
-    if video.warnings:
+    if warned:
         print(f"gvcc: warning: coded the {n} frames that could be read from {args.input}", file=sys.stderr)
     if target_bits is not None and bits > target_bits:
-        residual = sum(len(g.residual) for g in gops)
         print(f"gvcc: warning: the file is {bits / pixels:.5f} bpp, above the target {target_bits / pixels:.5f} bpp:"
               f" the tail residual ({residual} bytes) is known only after coding; give a lower target",
               file=sys.stderr)
+
+
+class AtomicFile:
+    """A file written in pieces under a temporary name beside `path` and renamed over it when the `with` block
+    ends without an error (removed otherwise), so that no half-written file is ever seen at `path`."""
+
+    def __init__(self, path):
+        self.path, self.tmp, self.size = path, f"{path}.tmp{os.getpid()}", 0
+
+    def __enter__(self):
+        try:
+            self.fh = open(self.tmp, "wb")
+        except OSError as exc:
+            raise GvccError(f"{self.path}: {exc.strerror}") from None
+        return self
+
+    def write(self, data):
+        self.fh.write(data)
+        self.size += len(data)
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
 
 
 def read_stream_file(path):
@@ -1383,6 +1639,38 @@ def read_stream_file(path):
     except ValueError:      # not a regular file (a pipe, a device)
         raise GvccError(f"{path}: not a regular file") from None
     return bitstream.open_stream(data)
+
+
+def decode_span(hdr, gops_text, frames_text):
+    """(GOP indices, output frame range) of `decode --gops A:B` / `--frames S:E` (neither: the whole stream)."""
+    import bitstream
+    held = bitstream.gop_range(hdr)
+    if gops_text:
+        a, b = parse_span(gops_text, "--gops")
+        indices = range(held.start if a is None else a, held.stop if b is None else b)
+        if not held.start <= indices.start and indices.stop <= held.stop:
+            raise GvccError(f"--gops {gops_text}: the stream holds GOPs {held.start}:{held.stop}")
+        frames = range(bitstream.output_frames(hdr, indices.start).start,
+                       bitstream.output_frames(hdr, indices.stop - 1).stop)
+    elif frames_text:
+        a, b = parse_span(frames_text, "--frames")
+        have = range(bitstream.output_frames(hdr, held.start).start,
+                     bitstream.output_frames(hdr, held.stop - 1).stop)
+        frames = range(have.start if a is None else a, have.stop if b is None else b)
+        if not have.start <= frames.start and frames.stop <= have.stop:
+            raise GvccError(f"--frames {frames_text}: the stream holds frames {have.start}:{have.stop}")
+        covering = [g for g in held if bitstream.output_frames(hdr, g).start < frames.stop
+                    and bitstream.output_frames(hdr, g).stop > frames.start]
+        indices = range(covering[0], covering[-1] + 1)
+    else:
+        indices = held
+        frames = range(bitstream.output_frames(hdr, held.start).start,
+                       bitstream.output_frames(hdr, held.stop - 1).stop)
+    if hdr.mode == "i2v" and indices.start > 0:
+        raise GvccError(f"i2v GOP {indices.start} is conditioned on the decoded last frame of GOP "
+                        f"{indices.start - 1} (the chain starts at GOP 0), so i2v has no random access: decode "
+                        f"--gops 0:{indices.stop} and drop the frames before {frames.start}")
+    return indices, frames
 
 
 # Decoder resource limits (dav1d-style): a valid stream may still ask for more than this machine should give.
@@ -1423,7 +1711,7 @@ def decode_memory(spec, hdr, paths, precision):
     tokens = bitstream.gop_info(hdr, 0).latent_frames * (lh // 2) * (lw // 2)        # GOP 0 is the longest
     dit = tokens * (6 * cfg.dim + 2 * cfg.ffn_dim) * 4                  # residual stream, q k v, FFN hidden
     vae = pw * ph * vae_mod.VAE_CONFIGS[spec.vae].dim * VAE_BYTES_PER_PIXEL_DIM
-    output = 2 * hdr.frames * hdr.width * hdr.height * 3                # decoded GOPs, then their concatenation
+    output = 2 * hdr.gop_frames * hdr.width * hdr.height * 3            # one GOP's frames (each GOP is written out)
     parts = {"weights": max(t5, nets), "networks' activations": dit + vae, "output frames": output}
     return sum(parts.values()), parts
 
@@ -1501,11 +1789,15 @@ def check_decode(stream, args):
 
 
 def cmd_decode(args):
+    import hashlib
+
+    import bitstream
     import media
     device = check_device(args.device)
     media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
     stream = read_stream_file(args.input)
     hdr = stream.header
+    indices, frames = decode_span(hdr, args.gops, args.frames)
     spec, precision = check_decode(stream, args)
     paths = model_paths(spec, args.weights)
     fingerprint = model_fingerprint(paths)
@@ -1514,18 +1806,47 @@ def cmd_decode(args):
                         f"{hdr.model_fingerprint:08x}, the files in {args.weights} give {fingerprint:08x}")
     start = time.time()
     codec = load_codec(spec, args.weights, hdr.prompt, device, precision, hdr.text_len)
-    progress = Progress(len(stream) * hdr.steps, "decode", args.quiet)
-    _, recon = code_clip(codec, hdr, gops=stream, on_step=progress)
-    md5 = media.frames_md5(recon)
+    progress = Progress(len(indices), hdr.steps, "decode", args.quiet)
+    md5 = hashlib.md5()                 # = media.frames_md5 of all the output frames, computed as they go
+    with media.VideoWriter(args.output, hdr.width, hdr.height, Fraction(hdr.fps_num, hdr.fps_den),
+                           n_frames=len(frames)) as out:
+        for g, _, video in code_gops(codec, hdr, indices, gops=stream, lead=stream.lead_for(indices.start),
+                                     on_step=progress, on_gop=progress.begin_gop):
+            progress.set_phase("writing")
+            span = bitstream.output_frames(hdr, g)
+            video = video[max(0, frames.start - span.start):len(video) - max(0, span.stop - frames.stop)]
+            md5.update(np.ascontiguousarray(video).tobytes())
+            out.write(video)
+            progress.end_gop()
+        progress.finish()
+        if args.verify and md5.hexdigest() != args.verify.lower():
+            raise GvccError(f"--verify: decoded frames have md5 {md5.hexdigest()}, expected {args.verify}")
     if args.verify:
-        if md5 != args.verify.lower():
-            raise GvccError(f"--verify: decoded frames have md5 {md5}, expected {args.verify}")
-        print(f"OK {md5}")
-    fps = Fraction(hdr.fps_num, hdr.fps_den)
-    media.write_video(args.output, recon, fps)
-    n, height, width = recon.shape[:3]
-    print(f"gvcc: {args.output}: {n} frames {width}x{height} at {float(fps):g} fps, {time.time() - start:.1f} s, "
-          f"md5 {md5} (of the RGB frames, for --verify)", file=sys.stderr)
+        print(f"OK {md5.hexdigest()}")
+    print(f"gvcc: {args.output}: {len(frames)} frames {hdr.width}x{hdr.height} at "
+          f"{float(Fraction(hdr.fps_num, hdr.fps_den)):g} fps, {time.time() - start:.1f} s, "
+          f"md5 {md5.hexdigest()} (of the RGB frames, for --verify)", file=sys.stderr)
+
+
+def cmd_concat(args):
+    """Join part streams (`encode --gops`) into the stream a one-process encode writes (bitstream.py section 11)."""
+    import bitstream
+    import media
+    media.check_target(args.output, overwrite=args.overwrite, inputs=args.parts)
+    parts = []
+    for path in args.parts:
+        try:
+            with open(path, "rb") as fh:
+                parts.append(fh.read())
+        except OSError as exc:
+            raise GvccError(f"{path}: {exc.strerror}") from None
+    try:
+        data = bitstream.concat(parts)
+    except bitstream.BitstreamError as exc:
+        raise GvccError(f"concat: {exc}") from None
+    with AtomicFile(args.output) as out:
+        out.write(data)
+    print(f"gvcc: {args.output}: {len(data)} bytes from {len(parts)} parts", file=sys.stderr)
 
 
 def paper_accounting(hdr, rows):
@@ -1544,7 +1865,9 @@ def paper_accounting(hdr, rows):
     per_step_frame = hdr.M * ((hdr.K - 1).bit_length() + 1)
     t_sde = hdr.steps - hdr.tail_steps
     out = []
-    for g, (info, row) in enumerate(zip(bitstream.gop_layout(hdr), rows)):
+    for row in rows:
+        g = row["index"]
+        info = bitstream.gop_info(hdr, g)
         cb = t_sde * info.latent_frames * per_step_frame
         frames = info.n_frames
         if hdr.mode == "t2v":
@@ -1578,9 +1901,13 @@ def cmd_info(args):
     pixels = hdr.src_width * hdr.src_height * hdr.frames
     seconds = hdr.frames * hdr.fps_den / hdr.fps_num
     fields = [(k, getattr(hdr, k)) for k in hdr.__dataclass_fields__]
-    print(f"{args.input}: {len(stream.data)} bytes, GVCC stream")
+    fields = [(k, len(bitstream.gop_range(hdr)) if k == "gop_count" else v) for k, v in fields]
+    held, n_gops = bitstream.gop_range(hdr), bitstream.num_gops(hdr)
+    kind = "GVCC stream" if len(held) == n_gops else f"GVCC part stream: GOPs {held.start}:{held.stop} of {n_gops}"
+    print(f"{args.input}: {len(stream.data)} bytes, {kind}")
     for key, value in fields:
-        shown = f"0x{value:08x}" if key == "model_fingerprint" else repr(value) if isinstance(value, str) else value
+        shown = f"0x{value:08x}" if key in ("model_fingerprint", "clip_crc") else \
+            repr(value) if isinstance(value, str) else value
         print(f"  {key:18s} {shown}")
     print(f"  {'g_scale, shift':18s} {hdr.g_scale_q / 1000:g}, {hdr.shift_q / 1000:g}")
     print()
@@ -1588,7 +1915,8 @@ def cmd_info(args):
           f"{'framing B':>10} {'total B':>9} {'bpp':>9} {'paper bits':>11} {'paper bpp':>10}")
     rows = [gop.row() for gop in stream]    # one GOP at a time: sizes only, no symbols unpacked
     paper = paper_accounting(hdr, rows)
-    for info, row, prow in zip(bitstream.gop_layout(hdr), rows, paper["gops"]):
+    for row, prow in zip(rows, paper["gops"]):
+        info = bitstream.gop_info(hdr, row["index"])
         span = f"{info.first_frame}-{info.first_frame + info.n_frames - 1}"
         gop_pixels = hdr.src_width * hdr.src_height * info.n_frames
         print(f"{row['index']:>4} {span:>12} {row['codebook_bytes']:>11} {row['still_bytes']:>9} "
@@ -1735,6 +2063,8 @@ def build_parser():
     rate.add_argument("--kbps", type=positive_float,
                       help="target kbit/s of the whole file at the source frame rate: picks M for you")
     e.add_argument("--recon", metavar="FILE", help="also write the encoder's reconstruction (= the decoder's)")
+    e.add_argument("--gops", metavar="A:B", help="encode only GOPs A..B-1 into a part stream, for `concat` "
+                                                 "(t2v, flf2v; i2v parts start at 0)")
     add_input_flags(e)
     add_runtime_flags(e)
 
@@ -1749,6 +2079,9 @@ def build_parser():
     d.add_argument("--max-memory", type=float, metavar="GIB",
                    help="refuse streams whose decode is estimated to need more memory (default: the memory "
                         "available now)")
+    span = d.add_mutually_exclusive_group()
+    span.add_argument("--gops", metavar="A:B", help="decode only GOPs A..B-1 (t2v, flf2v; `info` lists them)")
+    span.add_argument("--frames", metavar="S:E", help="decode only frames S..E-1 (the GOPs that hold them)")
     add_runtime_flags(d)
 
     i = sub.add_parser("info", help="header and rate breakdown of a stream")
@@ -1756,6 +2089,11 @@ def build_parser():
 
     v = sub.add_parser("eval", help="quality of a decoded video against its reference")
     media.add_eval_arguments(v)
+
+    c = sub.add_parser("concat", help="join part streams (encode --gops) into one stream")
+    c.add_argument("parts", nargs="+", metavar="PART", help="part streams, in GOP order")
+    c.add_argument("output")
+    media.add_overwrite_arguments(c)
 
     t = sub.add_parser("make-tiny", help="write tiny random-weight models (real key layout) to a folder")
     t.add_argument("dir")
@@ -1765,7 +2103,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     handlers = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "eval": cmd_eval,
-                "make-tiny": cmd_make_tiny}
+                "concat": cmd_concat, "make-tiny": cmd_make_tiny}
     from bitstream import BitstreamError
     from media import MediaError
     from wan_model import WeightsError

@@ -716,30 +716,158 @@ def write_video(path, frames, fps, *, limited_range=False):
     and an existing file at `path` is untouched. limited_range selects the Y'CbCr code-value range (tagged in
     .y4m and .mp4; not stored in .yuv).
     """
-    path = os.fspath(path)
     _check_frames(frames)
-    fps = parse_fps(fps)
     n, hgt, wid, _ = frames.shape
-    kind = check_output(path, wid, hgt, fps, n)
-    if kind == "png":
-        _write_png_dir(path, frames, fps)
-        return
-    target = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix="." + os.path.basename(target) + ".",
-                               suffix=".part")
-    os.close(fd)
-    try:
-        if kind == "y4m":
-            _write_y4m(tmp, frames, fps, limited_range)
-        elif kind == "yuv":
-            _write_yuv(tmp, frames, limited_range)
+    with VideoWriter(path, wid, hgt, fps, limited_range=limited_range, n_frames=n) as writer:
+        writer.write(frames)
+
+
+class VideoWriter:
+    """write_video a few frames at a time: memory does not grow with the video's length.
+
+    Frames go to a temporary file (or folder) beside `path` as write() receives them; close() renames it over
+    `path`, and abort() (or an exception inside a `with` block) removes it, leaving `path` untouched.
+    n_frames, when known, only sets the digits of PNG names (at least 6).
+    """
+
+    def __init__(self, path, width, height, fps, *, limited_range=False, n_frames=None):
+        self.path = os.fspath(path)
+        self.fps, self.limited, self.size = parse_fps(fps), limited_range, (width, height)
+        self.kind = check_output(self.path, width, height, self.fps, n_frames or 1)
+        self.count, self._proc = 0, None
+        self.target = os.path.abspath(self.path.rstrip("/\\"))
+        prefix, folder = "." + os.path.basename(self.target) + ".", os.path.dirname(self.target)
+        if self.kind == "png":
+            if os.path.isdir(self.target):
+                foreign = [n for n in os.listdir(self.target) if not re.fullmatch(r"\d+\.png", n)]
+                if foreign:
+                    raise MediaError(f"{path}: refusing to replace a directory that holds other files "
+                                     f"than frames (e.g. {foreign[0]})")
+            self.tmp = tempfile.mkdtemp(dir=folder, prefix=prefix, suffix=".part")
+            self._png_info = PngImagePlugin.PngInfo()
+            self._png_info.add_text(_PNG_FPS_KEY, f"{self.fps.numerator}/{self.fps.denominator}")
+            self._digits = max(6, len(str((n_frames or 1) - 1)))
+            return
+        fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
+        os.close(fd)
+        try:
+            if self.kind == "y4m":
+                rng = "LIMITED" if limited_range else "FULL"
+                self._fh = open(self.tmp, "wb")
+                self._fh.write(f"YUV4MPEG2 W{width} H{height} F{self.fps.numerator}:{self.fps.denominator} Ip "
+                               f"A1:1 C420jpeg XYSCSS=420JPEG XCOLORRANGE={rng}\n".encode("ascii"))
+            elif self.kind == "yuv":
+                self._fh = open(self.tmp, "wb")
+            else:
+                self._start_ffmpeg("mp4" if self.kind == "mp4" else "matroska")
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
         else:
-            _write_ffmpeg(tmp, frames, fps, limited_range, "mp4" if kind == "mp4" else "matroska")
-        _publish(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            self.abort()
+
+    def write(self, frames):
+        """Append uint8 RGB frames [n, H, W, 3] of the writer's size."""
+        _check_frames(frames)
+        if frames.shape[1:3] != self.size[::-1]:
+            raise MediaError(f"{self.path}: frames of {frames.shape[2]}x{frames.shape[1]} given to a "
+                             f"{self.size[0]}x{self.size[1]} video")
+        for frame in frames:
+            if self.kind == "png":
+                Image.fromarray(frame, "RGB").save(os.path.join(self.tmp, f"{self.count:0{self._digits}d}.png"),
+                                                   pnginfo=self._png_info, compress_level=3)
+            else:
+                y, u, v = rgb_to_yuv(frame, limited=self.limited)
+                data = y.tobytes() + u.tobytes() + v.tobytes()
+                if self.kind == "y4m":
+                    self._fh.write(b"FRAME\n" + data)
+                elif self.kind == "yuv":
+                    self._fh.write(data)
+                else:
+                    try:
+                        self._proc.stdin.write(data)
+                    except BrokenPipeError:
+                        pass                    # ffmpeg stopped: close() reports its error
+            self.count += 1
+
+    def close(self):
+        """Finish the file and rename it over `path`."""
+        try:
+            if self.count == 0:
+                raise MediaError(f"{self.path}: no frames were written")
+            if self.kind == "png":
+                self._publish_dir()
+                return
+            if self._proc is not None:
+                self._finish_ffmpeg()
+            else:
+                self._fh.close()
+            _publish(self.tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self):
+        """Remove the temporary output; `path` stays as it was."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if getattr(self, "_fh", None) is not None:
+            self._fh.close()
+        if self.kind == "png":
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def _publish_dir(self):
+        target, old = self.target, None
+        try:
+            if os.path.isdir(target):
+                # A directory cannot be renamed over a non-empty one: move the old frames aside first.
+                old = self.tmp + ".old"
+                os.replace(target, old)
+            _publish(self.tmp, target, is_dir=True)
+        except BaseException:
+            if old is not None and not os.path.exists(target):
+                os.replace(old, target)
+                old = None
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _start_ffmpeg(self, container):
+        import imageio_ffmpeg
+        wid, hgt = self.size
+        rng = "tv" if self.limited else "pc"
+        # The tags go on the raw input too: ffmpeg passes the frames' own colour properties to the encoder's VUI.
+        tags = ["-color_range", rng, "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+                "-chroma_sample_location", "center"]
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{wid}x{hgt}",
+               "-framerate", f"{self.fps.numerator}/{self.fps.denominator}", *tags, "-i", "-",
+               "-c:v", "libx264", "-preset", "medium", "-crf", str(MP4_CRF), "-pix_fmt", "yuv420p", *tags,
+               "-map_metadata", "-1", "-fflags", "+bitexact", "-f", container, self.tmp]
+        self._err = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
+
+    def _finish_ffmpeg(self):
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc = self._proc.wait()
+        self._err.seek(0)
+        lines = [l for l in self._err.read().decode("utf-8", "replace").splitlines() if l.strip()]
+        self._err.close()
+        if rc != 0:
+            raise MediaError(f"{self.tmp}: ffmpeg (libx264) failed: {lines[-1] if lines else 'exit code %d' % rc}")
 
 
 def _publish(tmp, target, is_dir=False):
@@ -749,89 +877,6 @@ def _publish(tmp, target, is_dir=False):
     os.umask(mask)
     os.chmod(tmp, (0o777 if is_dir else 0o666) & ~mask)
     os.replace(tmp, target)
-
-
-def _write_y4m(tmp, frames, fps, limited):
-    n, hgt, wid, _ = frames.shape
-    rng = "LIMITED" if limited else "FULL"
-    header = f"YUV4MPEG2 W{wid} H{hgt} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg XYSCSS=420JPEG " \
-             f"XCOLORRANGE={rng}\n"
-    with open(tmp, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        for frame in frames:
-            y, u, v = rgb_to_yuv(frame, limited=limited)
-            fh.write(b"FRAME\n")
-            fh.write(y.tobytes() + u.tobytes() + v.tobytes())
-
-
-def _write_yuv(tmp, frames, limited):
-    with open(tmp, "wb") as fh:
-        for frame in frames:
-            y, u, v = rgb_to_yuv(frame, limited=limited)
-            fh.write(y.tobytes() + u.tobytes() + v.tobytes())
-
-
-def _write_ffmpeg(tmp, frames, fps, limited, container):
-    import imageio_ffmpeg
-    n, hgt, wid, _ = frames.shape
-    rng = "tv" if limited else "pc"
-    # The tags go on the raw input too: ffmpeg passes the frames' own colour properties to the encoder's VUI.
-    tags = ["-color_range", rng, "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
-            "-chroma_sample_location", "center"]
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{wid}x{hgt}",
-           "-framerate", f"{fps.numerator}/{fps.denominator}", *tags, "-i", "-",
-           "-c:v", "libx264", "-preset", "medium", "-crf", str(MP4_CRF), "-pix_fmt", "yuv420p", *tags,
-           "-map_metadata", "-1", "-fflags", "+bitexact", "-f", container, tmp]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            for frame in frames:
-                y, u, v = rgb_to_yuv(frame, limited=limited)
-                proc.stdin.write(y.tobytes() + u.tobytes() + v.tobytes())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        rc = proc.wait()
-        if rc != 0:
-            err.seek(0)
-            lines = [l for l in err.read().decode("utf-8", "replace").splitlines() if l.strip()]
-            raise MediaError(f"{tmp}: ffmpeg (libx264) failed: {lines[-1] if lines else 'exit code %d' % rc}")
-
-
-def _write_png_dir(path, frames, fps):
-    target = os.path.abspath(os.fspath(path).rstrip("/\\"))
-    if os.path.isdir(target):
-        foreign = [n for n in os.listdir(target) if not re.fullmatch(r"\d+\.png", n)]
-        if foreign:
-            raise MediaError(f"{path}: refusing to replace a directory that holds other files "
-                             f"than frames (e.g. {foreign[0]})")
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix="." + os.path.basename(target) + ".", suffix=".part")
-    old = None
-    try:
-        info = PngImagePlugin.PngInfo()
-        info.add_text(_PNG_FPS_KEY, f"{fps.numerator}/{fps.denominator}")
-        digits = max(6, len(str(len(frames) - 1)))
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame, "RGB").save(os.path.join(tmp, f"{i:0{digits}d}.png"), pnginfo=info,
-                                               compress_level=3)
-        if os.path.isdir(target):
-            # A directory cannot be renamed over a non-empty one: move the old frames aside first.
-            old = tmp + ".old"
-            os.replace(target, old)
-        _publish(tmp, target, is_dir=True)
-    except BaseException:
-        if old is not None and not os.path.exists(target):
-            os.replace(old, target)
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ==================================================================================================

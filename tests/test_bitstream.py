@@ -97,7 +97,8 @@ def check_round_trip(header, gops):
 TINY_HEADER = Header(mode="i2v", model="tiny-i2v", model_fingerprint=0x12345678, generator=1, src_width=64,
                      src_height=48, width=32, height=16, frames=6, fps_num=16, fps_den=1, gop_frames=5, steps=2,
                      tail_steps=1, g_scale_q=3000, shift_q=5000, K=5, M=1, M_tail=2, tail_frames=1, seed=42,
-                     still_quality=50, residual=1, prompt="a\u00e9", text_len=226, residual_bits=8)
+                     still_quality=50, residual=1, prompt="a\u00e9", text_len=226, residual_bits=8,
+                     clip_crc=0xC0FFEE01)
 TINY_GOPS = [
     Gop(symbols=[[([3], [1]), ([1, 3], [0, 1])]], stills=[b"AVIF"], residual=b"\x01\x02\x03"),
     Gop(symbols=[[([0], [0]), ([3, 4], [1, 1])]], stills=[], residual=b"\xff"),
@@ -129,7 +130,10 @@ TINY_HEADER_BYTES = bytes.fromhex(
     "00e2"          # text_len 226
     "08"            # residual_bits 8
     "00"            # reserved_zero f(8)
-) + b"tiny-i2v" + b"a\xc3\xa9" + bytes.fromhex("abfefdde")       # model, prompt (UTF-8), header_crc
+    "00000000"      # first_gop 0
+    "00000002"      # gop_count 2 (a complete stream)
+    "c0ffee01"      # clip_crc
+) + b"tiny-i2v" + b"a\xc3\xa9" + bytes.fromhex("923ca273")       # model, prompt (UTF-8), header_crc
 
 # GOP 0 codebook, 10 bits: frame 0 (m = 1, C(5,1) = 5, 3 rank bits): {3} -> 011, sign - -> 1;
 # frame 1 (m = 2, C(5,2) = 10, 4 rank bits): {1,3} -> rank 5 = 0101, signs +- -> 01. 0111 0101 01|00 0000 = 75 40.
@@ -161,7 +165,7 @@ def test_hand_assembled_stream():
     header, gops = bs.read_stream(TINY_STREAM)
     assert header == TINY_HEADER and same_gops(gops, TINY_GOPS)
     report = bs.stream_report(TINY_STREAM)
-    assert report["header_bytes"] == len(TINY_HEADER_BYTES) == 68 + 8 + 3 + 4
+    assert report["header_bytes"] == len(TINY_HEADER_BYTES) == 80 + 8 + 3 + 4
     assert report["prompt_bytes"] == 3
     assert [row["total_bytes"] for row in report["gops"]] == [len(TINY_GOP0_BYTES), len(TINY_GOP1_BYTES)]
     assert [row["codebook_bits"] for row in report["gops"]] == [10, 10]
@@ -485,9 +489,9 @@ def test_residual_bomb_is_bounded():
 def refix_crcs(data):
     """Recompute header_crc and every gop_crc that the (possibly damaged) framing lets us find."""
     b = bytearray(data)
-    if len(b) < 68:
+    if len(b) < 80:
         return bytes(b)
-    end = 68 + b[57] + int.from_bytes(b[58:60], "big")       # model_len and prompt_len (section 4)
+    end = 80 + b[57] + int.from_bytes(b[58:60], "big")       # model_len and prompt_len (section 4)
     if len(b) < end + 4:
         return bytes(b)
     b[end:end + 4] = zlib.crc32(b[:end]).to_bytes(4, "big")
@@ -566,11 +570,12 @@ def test_corruption_fuzz():
 FORGED_HEADER_FIELDS = [
     (5, 1, 3, "unknown mode"), (6, 1, 0x81, "reserved"), (6, 1, 0x01, "reserved"), (6, 1, 0x10, "reserved"), (6, 1, 0xA0, "still_quality"), (7, 1, 101, "still_quality"),
     (12, 2, 0, "generator"), (18, 2, 0xFFFF, "width"), (20, 2, 0, "height"), (22, 2, 0xFFFF, "gop_frames"),
-    (24, 4, 0xFFFFFFFF, "frames"), (24, 4, 1 << 18, "truncated"), (36, 2, 0xFFFF, "steps"),
+    (24, 4, 0xFFFFFFFF, "frames"), (36, 2, 0xFFFF, "steps"),
     (38, 2, 3, "tail_steps"), (48, 4, 0xFFFFFFFF, "K"), (52, 2, 0xFFFF, "M"), (54, 2, 0, "M_tail"),
     (56, 1, 0xFF, "tail_frames"), (57, 1, 0xFF, "model_len"), (58, 2, 0xFFFF, "prompt_len"),
     (58, 2, 16384, "truncated"), (64, 2, 0, "text_len"), (64, 2, 4097, "text_len"), (66, 1, 7, "residual_bits"),
-    (66, 1, 0, "residual_bits"), (67, 1, 1, "reserved"), (68, 1, 0x20, "model name"), (76, 2, 0xC328, "UTF-8"),
+    (66, 1, 0, "residual_bits"), (67, 1, 1, "reserved"), (68, 4, 1, "first_gop"), (72, 4, 0, "gop_count"),
+    (72, 4, 3, "gop_count"), (80, 1, 0x20, "model name"), (88, 2, 0xC328, "UTF-8"),
 ]
 
 

@@ -1,0 +1,233 @@
+"""Long clips: GOP-by-GOP streaming, part streams and `concat`, random access (`decode --gops / --frames`).
+
+The CLI tests run the tiny models on a 10-frame clip in GOPs of 5 (t2v: 2 GOPs, flf2v: 3 GOPs sharing boundary
+frames). The part-stream rules (bitstream.py section 11) are also checked on random streams without any model.
+"""
+import dataclasses
+import os
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import bitstream as bs
+import gvcc
+import media
+from golden_cases import gvcc_cli, synthetic_clip
+from test_bitstream import make_header, random_gops
+
+FAST = ["-K", "64", "-M", "4", "--steps", "2", "--tail-steps", "1", "--gop", "5", "--seed", "7", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("clip") / "clip.y4m")
+    media.write_video(path, synthetic_clip(), Fraction(16, 1))
+    return path
+
+
+def encode(clip, weights, out, mode, *extra):
+    # In-process (gvcc.main, as the CLI runs it) to spare a torch import per call; concat runs as a subprocess.
+    assert gvcc.main(["encode", clip, str(out), "--weights", weights, "--mode", mode, "--model", f"tiny-{mode}",
+                      *FAST, *extra]) == 0
+    return open(out, "rb").read()
+
+
+def decode(stream, weights, out, *extra):
+    assert gvcc.main(["decode", str(stream), str(out), "--weights", weights, "--quiet", *extra]) == 0
+    return media.read_video(str(out)).frames
+
+
+@pytest.mark.parametrize("mode,cuts", [("t2v", ["0:1", "1:2"]), ("flf2v", ["0:1", "1:"])])
+def test_parts_concat_to_the_one_process_stream_and_decode_alone(mode, cuts, clip, tiny_weights, tmp_path):
+    whole = encode(clip, tiny_weights, tmp_path / "whole.gvcc", mode, "--recon", str(tmp_path / "recon.y4m"))
+    parts = [tmp_path / f"part{i}.gvcc" for i in range(len(cuts))]
+    for part, cut in zip(parts, cuts):
+        encode(clip, tiny_weights, part, mode, "--gops", cut)
+    gvcc_cli("concat", *map(str, parts), str(tmp_path / "joined.gvcc"))
+    assert open(tmp_path / "joined.gvcc", "rb").read() == whole
+
+    full = media.read_video(str(tmp_path / "recon.y4m")).frames      # = a full decode (tests/test_cli.py)
+    # GOP 1 on: from the whole stream by random access, and from the part stream on its own.
+    hdr = bs.read_header(whole)
+    start = bs.output_frames(hdr, 1).start
+    assert start == 5
+    n_gops = bs.num_gops(hdr)
+    tail = decode(tmp_path / "whole.gvcc", tiny_weights, tmp_path / "tail.y4m", "--gops", f"1:{n_gops}")
+    assert np.array_equal(tail, full[start:])
+    assert np.array_equal(decode(parts[-1], tiny_weights, tmp_path / "part.y4m"), full[start:])
+    # A frame range maps onto the GOPs that hold it.
+    assert np.array_equal(decode(tmp_path / "whole.gvcc", tiny_weights, tmp_path / "f.y4m", "--frames", "3:7"),
+                          full[3:7])
+    if mode == "flf2v":     # a middle GOP needs the last still of the GOP before it (taken from that GOP)
+        assert np.array_equal(decode(tmp_path / "whole.gvcc", tiny_weights, tmp_path / "g1.y4m", "--gops", "1:2"),
+                              full[bs.output_frames(hdr, 1).start:bs.output_frames(hdr, 1).stop])
+
+
+def test_i2v_has_no_random_access_and_says_why(clip, tiny_weights, tmp_path):
+    bad = gvcc_cli("encode", clip, str(tmp_path / "p.gvcc"), "--weights", tiny_weights, "--mode", "i2v",
+                   "--model", "tiny-i2v", *FAST, "--gops", "1:2", check=False)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "conditioned on the decoded last frame of GOP 0" in bad.stderr and not os.path.exists(tmp_path / "p.gvcc")
+    stream = tmp_path / "i2v.gvcc"        # any valid i2v stream: the span is refused before models load
+    header = make_header(mode="i2v", model="tiny-i2v", frames=9, gop_frames=5, M_tail=8, tail_frames=1,
+                         still_quality=50, residual=1)
+    stream.write_bytes(bs.write_stream(header, random_gops(header, random.Random(5))))
+    for flag in ("--gops", "--frames"):
+        bad = gvcc_cli("decode", str(stream), str(tmp_path / "x.y4m"), "--weights", tiny_weights, "--quiet",
+                       flag, "1:2" if flag == "--gops" else "5:6", check=False)
+        assert bad.returncode == 1 and "gvcc: error: i2v GOP 1 is conditioned" in bad.stderr
+        assert "decode --gops 0:2" in bad.stderr and not os.path.exists(tmp_path / "x.y4m")
+
+
+def test_bad_spans_are_clean_errors(clip, tiny_weights, tmp_path, capsys):
+    for span, words in (("2:1", "START < STOP"), ("0:9", "the clip has 2 GOPs"), ("a:b", "START:STOP")):
+        assert gvcc.main(["encode", clip, str(tmp_path / "p.gvcc"), "--weights", tiny_weights, *FAST,
+                          "--model", "tiny-t2v", "--gops", span]) == 1
+        err = capsys.readouterr().err
+        assert words in err and err.startswith("gvcc: error: ") and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory: the decoder writes each GOP as it is done
+# --------------------------------------------------------------------------------------------------
+
+def test_decode_writes_each_gop_before_sampling_the_next(tiny_weights, tmp_path, monkeypatch):
+    src = str(tmp_path / "c.y4m")
+    media.write_video(src, synthetic_clip(frames=15), Fraction(16, 1))
+    stream = str(tmp_path / "c.gvcc")
+    assert gvcc.main(["encode", src, stream, "--weights", tiny_weights, "--model", "tiny-t2v", *FAST]) == 0
+    events = []
+    real_write, real_run = media.VideoWriter.write, gvcc.run_gop
+    monkeypatch.setattr(media.VideoWriter, "write", lambda self, f: (events.append(("write", len(f))),
+                                                                      real_write(self, f))[1])
+    monkeypatch.setattr(gvcc, "run_gop", lambda *a, **k: (events.append(("sample",)), real_run(*a, **k))[1])
+    assert gvcc.main(["decode", stream, str(tmp_path / "d.y4m"), "--weights", tiny_weights, "--quiet"]) == 0
+    assert events == [("sample",), ("write", 5)] * 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Part streams and concat without models (bitstream.py section 11)
+# --------------------------------------------------------------------------------------------------
+
+def split(header, gops, cuts, lead_of=lambda g, gops: gops[g - 1].stills[-1]):
+    """Write the parts [a, b) of a complete stream's GOPs as an encoder would."""
+    out = []
+    for a, b in cuts:
+        part = dataclasses.replace(header, first_gop=a, gop_count=b - a)
+        lead = lead_of(a, gops) if bs.has_lead(part) else None
+        out.append(bs.write_stream(part, gops[a:b], lead))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["t2v", "flf2v"])
+def test_concat_rules(mode):
+    rng = random.Random(3)
+    header = make_header(mode=mode, frames=30, gop_frames=5, still_quality=50 if mode == "flf2v" else 0,
+                         clip_crc=0x1234)
+    gops = random_gops(header, rng)
+    whole = bs.write_stream(header, gops)
+    n = bs.num_gops(header)
+    parts = split(header, gops, [(0, 2), (2, 3), (3, n)])
+    assert bs.concat(parts) == whole
+    assert bs.concat([whole]) == whole
+    # Each part is a valid stream of its own; a flf2v part after GOP 0 leads with the still its first GOP needs.
+    for part, a in zip(parts, (0, 2, 3)):
+        got, lead, got_gops = bs.read_part(part)
+        assert got.first_gop == a and (lead is not None) == (mode == "flf2v" and a > 0)
+        if lead is not None:
+            assert lead == gops[a - 1].stills[-1]
+    # Random access into the whole stream gives the same GOPs and the same lead.
+    _, lead, some = bs.read_gops(whole, 3, 5)
+    assert [bs.write_gop(header, 3 + i, g) for i, g in enumerate(some)] == \
+        [bs.write_gop(header, 3 + i, g) for i, g in enumerate(gops[3:5])]
+    assert lead == (gops[2].stills[-1] if mode == "flf2v" else None)
+
+    def fails(pieces, words):
+        with pytest.raises(bs.BitstreamError, match=words):
+            bs.concat(pieces)
+    fails([parts[0], parts[2]], "expected it to start at GOP 2")
+    fails([parts[1], parts[0], parts[2]], "expected it to start at GOP 0")
+    fails(parts[:2], f"the clip has {n} GOPs")
+    fails([], "at least one part")
+    wider = dataclasses.replace(header, M=5, M_tail=5)
+    other = split(wider, random_gops(wider, rng), [(2, 3)])
+    fails([parts[0], other[0], parts[2]], "differs in M")
+    other = split(dataclasses.replace(header, clip_crc=0x1235), gops, [(2, 3)])
+    fails([parts[0], other[0], parts[2]], "differs in clip_crc")
+    damaged = bytearray(parts[1])
+    damaged[-1] ^= 1
+    fails([parts[0], bytes(damaged), parts[2]], "part 2: GOP 2: CRC mismatch")
+
+
+def test_part_header_fields_and_limits():
+    header = make_header(frames=30, gop_frames=5)
+    part = dataclasses.replace(header, first_gop=2, gop_count=3)
+    data = bs.write_stream(part, random_gops(header, random.Random(1))[2:5])
+    assert data[68:80] == bytes.fromhex("00000002" "00000003" "00000000")
+    # ClipKey ignores the GOP range: a part and the complete stream share it.
+    assert bs.clip_key(data[:bs.stream_report(data)["header_bytes"]]) == bs.clip_key(bs.write_header(header))
+    with pytest.raises(bs.BitstreamError, match="gop_count"):
+        bs.check_header(dataclasses.replace(header, first_gop=5, gop_count=2))
+    with pytest.raises(bs.BitstreamError, match="first_gop"):
+        bs.check_header(make_header(mode="i2v", frames=30, gop_frames=5, first_gop=1, M_tail=4, still_quality=50,
+                                    residual=1))
+    flf = make_header(mode="flf2v", frames=30, gop_frames=5, still_quality=50, first_gop=1)
+    with pytest.raises(bs.BitstreamError, match="lead still"):
+        bs.write_stream(flf, random_gops(dataclasses.replace(flf, first_gop=0), random.Random(2))[1:])
+
+
+def test_forged_part_of_a_huge_clip_stays_small():
+    """A part header may claim 2^18 frames: reading it must not build anything that size."""
+    import tracemalloc
+    header = make_header(frames=1 << 18, gop_frames=5, first_gop=50000, gop_count=1)
+    gops = random_gops(make_header(frames=5, gop_frames=5), random.Random(4))
+    data = bs.write_stream(header, gops)
+    tracemalloc.start()
+    try:
+        assert bs.read_header(data).first_gop == 50000
+        bs.read_stream(data)
+        bs.read_gops(data, 50000, 50001)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------------
+
+class FakeStream:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_names_gop_phase_and_etas(tty):
+    stream = FakeStream(tty)
+    progress = gvcc.Progress(2, 4, "encode", stream=stream, every=0.0)
+    for g in (7, 8):
+        progress.begin_gop(g)
+        for _ in range(4):
+            progress()
+        progress.set_phase("writing")
+        progress.end_gop()
+    progress.finish()
+    text = stream.text
+    assert "GOP 1/2 (#7) reading" in text and "GOP 2/2 (#8) step 3/4" in text and "writing" in text
+    assert "GOP ETA" in text and ", ETA " in text
+    if tty:     # one line redrawn in place, ended once
+        assert text.count("\r") > 5 and text.count("\n") == 1 and "\x1b[K" in text
+    else:       # plain lines for a log
+        assert "\r" not in text and text.count("\n") > 5

@@ -267,7 +267,8 @@ unpacked one (step, latent frame) at a time, when the GOP is decoded.
 
 9. Decoder obligations (normative)
 ----------------------------------
-A decoder reads the header and then NumGops GOPs, in this order. It rejects the stream with an error, and
+A decoder reads the header, the lead (section 3) and then GOPs first_gop .. first_gop + gop_count - 1 (all
+NumGops GOPs in a complete stream), in this order. It rejects the stream with an error, and
 outputs nothing, when any of these checks fails:
 - magic is not "GVCC", or version is not 2. Both are checked before anything else.
 - The stream ends before a field it needs.

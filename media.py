@@ -40,9 +40,8 @@ Images without a `gvcc-fps` chunk have no frame rate: read_video gives them 25 f
 A 4:2:0 .mp4 cannot hold an odd width or height (H.264 crops in 2-pixel units), and gvcc never resizes behind the
 user's back: writing an odd size to .mp4 / .mkv / .yuv is a MediaError that names .y4m and PNG as the way out.
 Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end.
-Long videos stream: VideoReader reads frames on demand (.y4m and .yuv seek, PNG files are opened one at a time,
-video files are decoded as a stream) and VideoWriter appends frames as they come; read_video and write_video are
-the whole-array forms of the two, so every path reads and writes the same bytes.
+Long outputs stream: VideoWriter appends frames as they come (the decoder writes each GOP as it is decoded);
+write_video is its whole-array form, so both write the same bytes.
 
 ## Metrics (per frame, on uint8 RGB frames of equal size)
 - psnr: 10 log10(1 / MSE) over the three RGB channels in [0, 1]; identical frames give +inf.

@@ -1596,6 +1596,12 @@ def cmd_encode(args):
               file=sys.stderr)
 
 
+def atomic_write(path, data):
+    """Write bytes to `path` through a temporary file in the same folder, so no half-written file remains."""
+    with AtomicFile(path) as out:
+        out.write(data)
+
+
 class AtomicFile:
     """A file written in pieces under a temporary name beside `path` and renamed over it when the `with` block
     ends without an error (removed otherwise), so that no half-written file is ever seen at `path`."""

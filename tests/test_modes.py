@@ -310,7 +310,7 @@ def header(mode, n, width=16, height=8):
     """The header `gvcc.py encode ... --m-tail 8` writes (fingerprint left at 0: code_clip ignores it)."""
     i2v = mode == "i2v"
     return bitstream.Header(
-        mode=mode, model=f"tiny-{mode}", model_fingerprint=0, generator=gvcc.GENERATOR_ID, src_width=width,
+        mode=mode, model=f"tiny-{mode}", model_fingerprint=0, generator=gvcc.GENERATOR_IID, src_width=width,
         src_height=height, width=width, height=height, frames=n, fps_num=16, fps_den=1, gop_frames=9, steps=4,
         tail_steps=1, g_scale_q=3000, shift_q=5000, K=64, M=4, M_tail=8 if i2v else 4, tail_frames=2 if i2v else 0,
         seed=7, still_quality=0 if mode == "t2v" else 50, residual=int(i2v), prompt="")

@@ -66,7 +66,7 @@ def tiny_t2v(tiny_weights):
 
 def t2v_header(n, width, height, **changes):
     hdr = bitstream.Header(
-        mode="t2v", model="tiny-t2v", model_fingerprint=0, generator=gvcc.GENERATOR_ID, src_width=width,
+        mode="t2v", model="tiny-t2v", model_fingerprint=0, generator=gvcc.GENERATOR_IID, src_width=width,
         src_height=height, width=width, height=height, frames=n, fps_num=16, fps_den=1, gop_frames=5, steps=3,
         tail_steps=1, g_scale_q=3000, shift_q=3000, K=64, M=4, M_tail=4, tail_frames=0, seed=7,
         still_quality=0, residual=0, prompt="")

@@ -1745,11 +1745,20 @@ def available_memory():
     return min(found) if found else None
 
 
+def gpu_memory(device):
+    """Free bytes on a CUDA device, or None if torch cannot tell."""
+    try:
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    except (RuntimeError, ValueError, AssertionError):
+        return None
+
+
 def check_decode(stream, args):
     """Every check of `decode` that needs no network, in order, before any work: (model spec, precision).
 
     The stream's ranks, model, generator and mode; the resource limits (--max-pixels, --max-frames, estimated
-    peak memory against --max-memory or the memory available); the output path and its container's frame rate;
+    peak memory against --max-memory or the memory available: host memory on a CPU, the GPU's free memory for
+    the networks and host memory for the decoded frames on CUDA); the output path and its container's frame rate;
     and every still frame and residual, unpacked once (a still's declared size first). tests/test_fuzz.py runs
     this on damaged streams.
     """
@@ -1776,12 +1785,20 @@ def check_decode(stream, args):
     precision = args.precision or PRECISIONS[hdr.precision]
     paths = model_paths(spec, args.weights)
     need, parts = decode_memory(spec, hdr, paths, precision)
-    have = args.max_memory * 2 ** 30 if args.max_memory is not None else available_memory()
-    if have is not None and need > have:
-        detail = ", ".join(f"{k} {v / 2 ** 30:.2f}" for k, v in parts.items())
-        raise GvccError(f"{args.input}: decoding needs about {need / 2 ** 30:.2f} GiB ({detail}), "
-                        f"{'--max-memory allows' if args.max_memory is not None else 'this machine has'} "
-                        f"{have / 2 ** 30:.2f} GiB available")
+    device = str(args.device or default_device())
+    if args.max_memory is not None:
+        budgets = [("--max-memory allows", parts, args.max_memory * 2 ** 30)]
+    elif device.startswith("cuda"):         # networks on the GPU, decoded frames in host memory
+        on_gpu = {k: v for k, v in parts.items() if k != "output frames"}
+        budgets = [(f"{device} has", on_gpu, gpu_memory(device)),
+                   ("this machine has", {"output frames": parts["output frames"]}, available_memory())]
+    else:
+        budgets = [("this machine has", parts, available_memory())]
+    for where, what, have in budgets:
+        if have is not None and sum(what.values()) > have:
+            detail = ", ".join(f"{k} {v / 2 ** 30:.2f}" for k, v in what.items())
+            raise GvccError(f"{args.input}: decoding needs about {sum(what.values()) / 2 ** 30:.2f} GiB ({detail}), "
+                            f"{where} {have / 2 ** 30:.2f} GiB available")
     lh, lw = latent_size(hdr.width, hdr.height)
     for gop in stream:                      # one GOP at a time: nothing is kept
         for i, still in enumerate(gop.stills):
@@ -2126,7 +2143,6 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("gvcc: interrupted", file=sys.stderr)
         return 130
     except Terminated:
@@ -2135,11 +2151,12 @@ def main(argv=None):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    # Done: the output is published. A Ctrl-C from now on would only break the interpreter's exit hooks
-    # (a traceback from an atexit callback, with exit status 0), so it is ignored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Done, the output published (or the error reported). A Ctrl-C from now on would only break the
+    # interpreter's exit hooks (a traceback from an atexit callback, with exit status 0), so it is ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)

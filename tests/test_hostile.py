@@ -143,9 +143,11 @@ def test_info_prints_a_non_ascii_prompt_on_any_terminal(tiny_streams):
 
 def test_ctrl_c_after_the_output_is_published_leaves_no_traceback(tiny_streams):
     """An interrupt that lands while the interpreter runs its exit hooks (here, sent by one) is ignored."""
-    code = ("import atexit, os, signal, sys, time; sys.path.insert(0, sys.argv[1]); import gvcc; "
+    script = os.path.join(ROOT, "gvcc.py")
+    code = ("import atexit, os, runpy, signal, sys, time; "
             "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5))); "
-            "sys.exit(gvcc.main(['info', sys.argv[2]]))")
-    res = subprocess.run([sys.executable, "-c", code, ROOT, tiny_streams["t2v"]], capture_output=True, text=True)
+            "script = sys.argv[1]; sys.argv = [script, 'info', sys.argv[2]]; sys.path.insert(0, os.path.dirname(script)); "
+            "runpy.run_path(script, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code, script, tiny_streams["t2v"]], capture_output=True, text=True)
     assert res.returncode == 0 and "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, \
         res.stderr

@@ -122,8 +122,10 @@ def main():
             os.makedirs(work)
             s = test_fuzz.run_cli_corpus(test_fuzz.cli_sample(inputs, args.cli), weights, work, jobs=args.jobs)
             print(f"\nCLI ({args.jobs} at a time, 4 GiB address-space limit): {s['runs']} runs, {s['rejected']} "
-                  f"rejected, {s['accepted']} accepted, {len(s['unclean'])} unclean, {len(s['leftovers'])} with "
-                  f"leftover files, worst peak RSS {s['worst_rss'][0] / 2 ** 20:.1f} MiB above the baseline "
+                  f"rejected, {s['accepted']} accepted, {s['timed_out']} still decoding at the timeout, "
+                  f"{len(s['unclean'])} unclean, {len(s['leftovers'])} with "
+                  f"leftover files, worst peak RSS of a rejected input {s['worst_rss'][0] / 2 ** 20:.1f} MiB (of any run "
+                  f"{s['worst_rss_any'][0] / 2 ** 20:.1f} MiB) above the baseline "
                   f"{s['baseline'] / 2 ** 20:.0f} MiB ({s['worst_rss'][1]}), {s['seconds']:.0f} s")
             for item in s["unclean"][:20] + s["leftovers"][:20]:
                 print("  ", item)

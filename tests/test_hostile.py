@@ -112,7 +112,7 @@ def test_decode_memory_estimate_grows_with_the_header(tiny_weights):
     assert set(parts) == {"weights", "networks' activations", "output frames"} and small == sum(parts.values())
     assert parts["weights"] == max(gvcc.weight_bytes(paths, "fp32"))
     more_frames, _ = gvcc.decode_memory(spec, dataclasses.replace(hdr, frames=1000), paths, "fp32")
-    assert more_frames - small == 2 * 990 * 40 * 24 * 3
+    assert more_frames == small             # decoded GOPs are written out one by one: clip length costs nothing
     bigger, _ = gvcc.decode_memory(spec, dataclasses.replace(hdr, width=400, height=240), paths, "fp32")
     assert bigger - small > 50 * (small - parts["weights"])      # 62 times the padded pixels
 

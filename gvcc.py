@@ -1583,7 +1583,9 @@ def cmd_encode(args):
     progress.finish()
     frames_out = sum(len(bitstream.output_frames(hdr, g)) for g in indices)
     bits = 8 * size
-    print(f"gvcc: {args.output}: {size} bytes, {len(indices)} GOPs"
+    print(f"gvcc: {args.output}: {frames_out} frames {src_w}x{src_h}"
+          f"{f' (coded at {width}x{height})' if (width, height) != (src_w, src_h) else ''} "
+          f"at {float(fps):g} fps, {size} bytes, {len(indices)} GOPs"
           f"{f' ({indices.start}:{indices.stop} of {bitstream.num_gops(hdr)})' if args.gops else ''}, "
           f"{bits / (src_w * src_h * frames_out):.5f} bpp, "
           f"{bits * fps.numerator / (frames_out * fps.denominator) / 1000:.2f} kbps, {time.time() - start:.1f} s",

@@ -40,3 +40,20 @@ def make_tiny_streams(weights, folder):
 def tiny_streams(tiny_weights, tmp_path_factory):
     """mode -> path of a small valid stream of each tiny model (make_tiny_streams)."""
     return make_tiny_streams(tiny_weights, str(tmp_path_factory.mktemp("tiny_streams")))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread in a test module that asks for it and in its CLI subprocesses. The tensors are tiny,
+    and when other processes share the 2 cores, a second OpenMP worker waits for a busy core on every op:
+    3 i2v GOPs took 17-37 s with two threads against 0.7 s with one."""
+    import torch
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

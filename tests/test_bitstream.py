@@ -489,9 +489,9 @@ def test_residual_bomb_is_bounded():
 def refix_crcs(data):
     """Recompute header_crc and every gop_crc that the (possibly damaged) framing lets us find."""
     b = bytearray(data)
-    if len(b) < 80:
+    if len(b) < bs.FIXED_HEADER_BYTES:
         return bytes(b)
-    end = 80 + b[57] + int.from_bytes(b[58:60], "big")       # model_len and prompt_len (section 4)
+    end = bs.FIXED_HEADER_BYTES + b[57] + int.from_bytes(b[58:60], "big")   # model_len, prompt_len (section 4)
     if len(b) < end + 4:
         return bytes(b)
     b[end:end + 4] = zlib.crc32(b[:end]).to_bytes(4, "big")

@@ -30,6 +30,7 @@ import gvcc
 import media
 from bitstream import BitstreamError
 from media import MediaError
+from test_bitstream import refix_crcs
 from wan_model import WeightsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,25 +41,6 @@ CLEAN_ERRORS = (BitstreamError, gvcc.GvccError, MediaError, WeightsError)
 # --------------------------------------------------------------------------------------------------
 # The corpus
 # --------------------------------------------------------------------------------------------------
-
-def refix_crcs(data):
-    """Recompute header_crc and every gop_crc that the (possibly damaged) framing lets us find."""
-    b = bytearray(data)
-    if len(b) < bitstream.FIXED_HEADER_BYTES:
-        return bytes(b)
-    end = bitstream.FIXED_HEADER_BYTES + b[57] + int.from_bytes(b[58:60], "big")
-    if len(b) < end + 4:
-        return bytes(b)
-    b[end:end + 4] = zlib.crc32(b[:end]).to_bytes(4, "big")
-    pos = end + 4
-    while pos + 4 <= len(b):
-        end = pos + 4 + int.from_bytes(b[pos:pos + 4], "big")
-        if end + 4 > len(b):
-            break
-        b[end:end + 4] = zlib.crc32(b[pos:end]).to_bytes(4, "big")
-        pos = end + 4
-    return bytes(b)
-
 
 def forge_ispe(avif, width, height):
     at = avif.find(b"ispe")

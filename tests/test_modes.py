@@ -45,20 +45,7 @@ MODE_ARGS = {
 # Fixtures: a clip, the CLI's streams, the loaded tiny models
 # ==================================================================================================
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here and in the CLI subprocesses. The tensors are tiny, and when other processes share
-    the 2 cores, a second OpenMP worker waits for a busy core on every op: 3 i2v GOPs took 17-37 s with two
-    threads against 0.7 s with one."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

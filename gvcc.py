@@ -1443,23 +1443,20 @@ def gop_span(hdr, text):
     return range(a, b)
 
 
-def clip_crc(frames, hdr):
+def clip_crc(video, hdr):
     """The clip_crc of bitstream.py section 11: CRC-32 of the source's key frames (first frame of each GOP),
-    frames: uint8 [N, H, W, 3] at the source size."""
+    read from video (a media.VideoSource) at the source size."""
     import zlib
 
     import bitstream
     crc = 0
     for g in range(bitstream.num_gops(hdr)):
-        frame = frames[bitstream.gop_info(hdr, g).first_frame]                        # [H, W, 3]
-        crc = zlib.crc32(np.ascontiguousarray(frame).tobytes(), crc)
+        i = bitstream.gop_info(hdr, g).first_frame
+        crc = zlib.crc32(np.ascontiguousarray(video.read(i, i + 1)[0]).tobytes(), crc)       # [H, W, 3]
     return crc
 
 
 def cmd_encode(args):
-    import dataclasses
-
-    import bitstream
     import media
     device = check_device(args.device)
     media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
@@ -1475,14 +1472,25 @@ def cmd_encode(args):
     if mode != spec.mode:
         raise GvccError(f"{spec.mode} model {spec_name} cannot code --mode {mode}; use one of "
                         f"{', '.join(n for n, s in MODELS.items() if s.mode == mode)}")
-    video = media.read_video(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
-                             fps=args.fps, limited_range=args.limited_range, frames=args.frames)
+    # the input is read GOP by GOP: opening it counts its frames, and memory holds about one GOP of them
+    with media.VideoSource(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
+                           fps=args.fps, limited_range=args.limited_range, frames=args.frames) as video:
+        encode_video(args, video, spec_name, spec, mode, device)
+
+
+def encode_video(args, video, spec_name, spec, mode, device):
+    """`encode` of an opened media.VideoSource: the header, the rate target, then the GOPs as they are read."""
+    import dataclasses
+
+    import bitstream
+    import media
     tell_reading(args, video)
-    frames = video.frames
-    n, src_h, src_w = frames.shape[:3]
+    n, src_h, src_w = video.n, video.height, video.width
     width, height = media.parse_size(args.size) if args.size else (src_w, src_h)
-    if (width, height) != (src_w, src_h):
-        frames = media.resize(frames, width, height)                                   # [N, height, width, 3]
+
+    def working(start, stop):
+        frames = video.read(start, stop)                                                # [n, src_h, src_w, 3]
+        return media.resize(frames, width, height) if (width, height) != (src_w, src_h) else frames
     if mode != "t2v" and n < 2:
         raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
     if args.gop < 5 or (args.gop - 1) % 4:
@@ -1527,7 +1535,7 @@ def cmd_encode(args):
         # the target is the whole file's rate: bits per source pixel, or kbit/s at the source frame rate
         target_bits = args.bpp * pixels if args.bpp is not None else args.kbps * 1000 * n / fps
         target = f"--bpp {args.bpp:g}" if args.bpp is not None else f"--kbps {args.kbps:g}"
-        stills = [len(media.encode_still(frames[i], hdr.still_quality, lossless=hdr.still_lossless))
+        stills = [len(media.encode_still(working(i, i + 1)[0], hdr.still_quality, lossless=hdr.still_lossless))
                   for g, info in enumerate(bitstream.gop_layout(hdr)) for i in still_frames(hdr, g, info)]
         hdr, predicted, note = pick_atoms(hdr, target_bits, stills)
         print(f"gvcc: rate target {target} -> M = {hdr.M}{f', M_tail = {hdr.M_tail}' if hdr.tail_frames else ''}: "
@@ -1545,33 +1553,32 @@ def cmd_encode(args):
     if args.recon:
         media.check_output(args.recon, width, height)
     paths = model_paths(spec, args.weights)
-    hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths), clip_crc=clip_crc(video.frames, hdr))
-    warned = bool(video.warnings)
-    del video                               # the source-size frames: the working-size ones are coded
+    hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths), clip_crc=clip_crc(video, hdr))
     codec = load_codec(spec, args.weights, args.prompt, device, precision, hdr.text_len)
     progress = Progress(len(indices), hdr.steps, "encode", args.quiet)
 
     def source(g):
         info = bitstream.gop_info(hdr, g)
-        return frames[info.first_frame:info.first_frame + info.n_frames]           # [n, height, width, 3]
+        return working(info.first_frame, info.first_frame + info.n_frames)            # [n, height, width, 3]
     start = time.time()
     size = residual = 0
     recon = media.VideoWriter(args.recon, width, height, fps) if args.recon else None
     with AtomicFile(args.output) as out:
         out.write(bitstream.write_header(hdr))
         if bitstream.has_lead(hdr):
-            lead = media.encode_still(source(indices.start)[0], hdr.still_quality, lossless=hdr.still_lossless)
+            first = bitstream.gop_info(hdr, indices.start).first_frame
+            lead = media.encode_still(working(first, first + 1)[0], hdr.still_quality, lossless=hdr.still_lossless)
             out.write(bitstream.write_lead(lead))
         else:
             lead = None
         try:
-            for g, gop, video in code_gops(codec, hdr, indices, source=source, lead=lead, on_step=progress,
-                                           on_gop=progress.begin_gop):
+            for g, gop, decoded in code_gops(codec, hdr, indices, source=source, lead=lead, on_step=progress,
+                                             on_gop=progress.begin_gop):
                 progress.set_phase("writing")
                 out.write(bitstream.write_gop(hdr, g, gop))
                 residual += len(gop.residual)
                 if recon:
-                    recon.write(video)
+                    recon.write(decoded)
                 progress.end_gop()
             if recon:
                 recon.close()
@@ -1590,7 +1597,7 @@ def cmd_encode(args):
           f"{bits / (src_w * src_h * frames_out):.5f} bpp, "
           f"{bits * fps.numerator / (frames_out * fps.denominator) / 1000:.2f} kbps, {time.time() - start:.1f} s",
           file=sys.stderr)
-    if warned:
+    if video.warnings:
         print(f"gvcc: warning: coded the {n} frames that could be read from {args.input}", file=sys.stderr)
     if target_bits is not None and bits > target_bits:
         print(f"gvcc: warning: the file is {bits / pixels:.5f} bpp, above the target {target_bits / pixels:.5f} bpp:"

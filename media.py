@@ -348,7 +348,7 @@ def input_kind(path):
 
 
 def read_video(path, *, size=None, fps=None, limited_range=None, frames=None):
-    """Read a video as uint8 RGB frames [N, H, W, 3] and its frame rate (input kinds: see input_kind).
+    """Read a whole video into memory: uint8 RGB frames [N, H, W, 3] and its frame rate (input kinds: input_kind).
 
     size: (W, H) or 'WxH' of a raw .yuv (required there, ignored elsewhere).
     fps: frame rate for inputs that carry none (.yuv; images default to 25, ffmpeg's image2 rate); overrides the
@@ -357,6 +357,7 @@ def read_video(path, *, size=None, fps=None, limited_range=None, frames=None):
     untagged video files); None: UNTAGGED_RANGE's per-kind default. A tag in the file always wins.
     frames: read only the first `frames` frames.
     The returned Video's notes say which of these defaults were used, its warnings what looked wrong.
+    The encoder reads GOP by GOP through VideoSource instead, so that memory does not grow with the clip.
     """
     video = _read(path, size=size, fps=fps, limited_range=limited_range, frames=frames, image_fps=True)
     if video.fps is None:
@@ -366,35 +367,163 @@ def read_video(path, *, size=None, fps=None, limited_range=None, frames=None):
 
 def _read(path, *, size=None, fps=None, limited_range=None, frames=None, image_fps=False):
     # read_video without the frame-rate requirement: eval takes a missing rate from the other file
-    path = os.fspath(path)
-    if frames is not None and frames < 1:
-        raise MediaError(f"frames must be at least 1, got {frames}")
-    limit = frames if frames is not None else sys.maxsize
-    kind = input_kind(path)
-    video = Video(None, None)
-    if kind == "y4m":
-        if path == "-":
-            video.frames, video.fps = _read_y4m(sys.stdin.buffer, "stdin", limited_range, limit, video.notes)
+    opened = _Opened(os.fspath(path), size=size, fps=fps, limited_range=limited_range, frames=frames,
+                     image_fps=image_fps)
+    try:
+        out = [frame for frame in opened.frames(lambda i: True)]
+    finally:
+        opened.close()
+    return Video(np.stack(out), opened.fps, opened.notes, opened.warnings)
+
+
+class _Opened:
+    """One pass over an input: what its header says (size (W, H), fps, notes, warnings) and frames(want), a
+    generator of its frames in order, uint8 RGB [H, W, 3] for the frames i where want(i) is true and None for the
+    others. A skipped frame is not converted to RGB, and not read at all where the format lets the reader seek
+    past it (.y4m, .yuv; image files are opened for their header only). Errors are MediaError, raised as met;
+    ffmpeg's truncation warning is added to `warnings` when the pass reaches the end."""
+
+    def __init__(self, path, *, size=None, fps=None, limited_range=None, frames=None, image_fps=False):
+        if frames is not None and frames < 1:
+            raise MediaError(f"frames must be at least 1, got {frames}")
+        self.path, self.limit = path, frames if frames is not None else sys.maxsize
+        self.notes, self.warnings, self._fh, self._gen = [], [], None, None
+        kind = input_kind(path)
+        if kind == "y4m":
+            self._fh = sys.stdin.buffer if path == "-" else open(path, "rb")
+            self.size, self.fps, self._frames = _open_y4m(self._fh, "stdin" if path == "-" else path,
+                                                          limited_range, self.notes)
+        elif kind == "yuv":
+            self.size, self.fps, self._frames = _open_yuv(path, size, limited_range, self.notes)
+        elif kind == "png":
+            names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+            if not names:
+                raise MediaError(f"{path}: the directory holds no .png frames")
+            files = [os.path.join(path, n) for n in names[:self.limit]]
+            self.size, self.fps, self._frames = _open_images(files, ("PNG",))
+        elif kind == "images":
+            self.size, self.fps, self._frames = _open_images(_image_files(path, self.limit), IMAGE_FORMATS)
         else:
-            with open(path, "rb") as fh:
-                video.frames, video.fps = _read_y4m(fh, path, limited_range, limit, video.notes)
-    elif kind == "yuv":
-        video.frames, video.fps = _read_yuv(path, size, limited_range, limit, video.notes)
-    elif kind == "png":
-        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
-        if not names:
-            raise MediaError(f"{path}: the directory holds no .png frames")
-        video.frames, video.fps = _read_images([os.path.join(path, n) for n in names[:limit]], ("PNG",))
-    elif kind == "images":
-        video.frames, video.fps = _read_images(_image_files(path, limit), IMAGE_FORMATS)
-    else:
-        video.frames, video.fps = _read_ffmpeg(path, limited_range, limit, video.notes, video.warnings)
-    if fps is not None:
-        video.fps = parse_fps(fps)
-    elif video.fps is None and kind in ("png", "images") and image_fps:
-        video.fps = IMAGE_FPS
-        video.notes.append(f"{path}: images carry no frame rate: {IMAGE_FPS} fps, as ffmpeg assumes (give fps)")
-    return video
+            self.size, self.fps, self._frames, self._gen = _open_ffmpeg(path, limited_range, self.notes,
+                                                                        self.warnings)
+        if fps is not None:
+            self.fps = parse_fps(fps)
+        elif self.fps is None and kind in ("png", "images") and image_fps:
+            self.fps = IMAGE_FPS
+            self.notes.append(f"{path}: images carry no frame rate: {IMAGE_FPS} fps, as ffmpeg assumes (give fps)")
+
+    def frames(self, want):
+        n = 0
+        for frame in self._frames(self.limit, want):
+            n += 1
+            yield frame
+        if n == 0:
+            raise MediaError(f"{self.path}: the video has no frames")
+
+    def close(self):
+        if self._gen is not None:
+            self._gen.close()
+        if self._fh is not None and self._fh is not sys.stdin.buffer:
+            self._fh.close()
+
+
+class VideoSource:
+    """An input read frame range by frame range, for the encoder: memory holds the frames asked for, not the clip.
+
+    Opening makes one pass over the input to count its frames without keeping them (seeking past the pixels of
+    .y4m and .yuv files, reading only the headers of image files, decoding a video file once without converting
+    its colours), so the frame count, size and rate are known before the first GOP is coded. A y4m on stdin is
+    first copied to a temporary file (removed by close()), because it is read more than once.
+    read(start, stop) -> uint8 [stop - start, H, W, 3], frames start..stop-1. Reads in increasing order cost one
+    pass over the input; the last frame read is kept, so GOPs that share their boundary frame read on without
+    going back; any other step back reopens the input from its start.
+    Attributes: n, width, height, fps (Fraction or None), notes and warnings (as Video's).
+    Arguments as read_video's.
+    """
+
+    def __init__(self, path, *, size=None, fps=None, limited_range=None, frames=None):
+        self.path, self._spool = os.fspath(path), None
+        self._how = dict(size=size, fps=fps, limited_range=limited_range, frames=frames, image_fps=True)
+        if self.path == "-":
+            self._spool = _spool_stdin()
+        try:
+            opened = _Opened(self._name, **self._how)
+            try:
+                self.n = sum(1 for _ in opened.frames(lambda i: False))
+            finally:
+                opened.close()
+        except BaseException:
+            self.close()
+            raise
+        (self.width, self.height), self.fps = opened.size, opened.fps
+        self.notes, self.warnings = opened.notes, opened.warnings
+        if self.fps is None:
+            self.close()
+            raise MediaError(f"{path}: the file has no frame rate; give one (fps)")
+        self._opened = self._iter = None
+        self._span = (0, 0)
+        self._next = 0              # index of the frame self._iter yields next
+        self._last = None           # (index, frame) of the last frame read
+
+    @property
+    def _name(self):
+        return self._spool or self.path
+
+    def read(self, start, stop):
+        if not 0 <= start < stop <= self.n:
+            raise ValueError(f"frames {start}:{stop} of a {self.n}-frame video")
+        out = np.empty((stop - start, self.height, self.width, 3), np.uint8)      # [n, H, W, 3]
+        i = start
+        if self._last is not None and self._last[0] == start:
+            out[0] = self._last[1]
+            i += 1
+        if i < stop:
+            if self._iter is None or i < self._next:
+                self._reopen()
+            self._span = (i, stop)          # what the pass converts; frames before it come back as None
+            while self._next < stop:
+                frame = next(self._iter, None)
+                if self._next >= i:
+                    if frame is None:
+                        raise MediaError(f"{self.path}: frame {self._next} cannot be read again (the file "
+                                         f"changed while gvcc was reading it)")
+                    out[self._next - start] = frame
+                self._next += 1
+        self._last = (stop - 1, out[-1].copy())
+        return out
+
+    def _reopen(self):
+        if self._opened is not None:
+            self._opened.close()
+        self._opened = _Opened(self._name, **self._how)
+        self._iter = self._opened.frames(lambda i: self._span[0] <= i < self._span[1])
+        self._next = 0
+
+    def close(self):
+        if getattr(self, "_opened", None) is not None:
+            self._opened.close()
+            self._opened = None
+        if self._spool is not None and os.path.exists(self._spool):
+            os.remove(self._spool)
+            self._spool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _spool_stdin():
+    """Copy stdin to a temporary file (for VideoSource, which reads its input more than once); its path."""
+    fd, tmp = tempfile.mkstemp(prefix="gvcc-stdin-", suffix=".y4m")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return tmp
 
 
 def _image_files(path, limit):
@@ -422,7 +551,8 @@ def _range_of(tag, limited, kind, name, notes):
     return limited
 
 
-def _read_y4m(fh, path, limited, limit, notes):
+def _open_y4m(fh, path, limited, notes):
+    # -> ((W, H), rate or None, frames(limit, want)): the header is parsed now, the frames as they are asked for
     header = fh.readline(65536)
     if not header.startswith(b"YUV4MPEG2 ") or not header.endswith(b"\n"):
         raise MediaError(f"{path}: not a YUV4MPEG2 file (bad or overlong header line)")
@@ -454,35 +584,44 @@ def _read_y4m(fh, path, limited, limit, notes):
     rng = params.get("XCOLORRANGE")
     limited = _range_of(rng if rng in ("FULL", "LIMITED") else None, limited, "y4m", path, notes)
     luma = wid * hgt
-    if sub_x:
-        cw, ch = -(-wid // sub_x), -(-hgt // sub_y)
-        chroma = cw * ch
-    else:
-        chroma = 0
-    out = []
-    while len(out) < limit:
-        line = fh.readline(4096)
-        if not line:
-            break
-        if not line.startswith(b"FRAME") or not line.endswith(b"\n"):
-            raise MediaError(f"{path}: frame {len(out)} does not start with a FRAME line")
-        data = fh.read(luma + 2 * chroma)
-        if len(data) < luma + 2 * chroma:
-            raise MediaError(f"{path}: frame {len(out)} is truncated ({len(data)} of {luma + 2 * chroma} bytes)")
-        buf = np.frombuffer(data, np.uint8)
-        y = buf[:luma].reshape(hgt, wid)                         # [H, W]
-        if chroma:
-            u = buf[luma:luma + chroma].reshape(ch, cw)          # [h, w]
-            v = buf[luma + chroma:].reshape(ch, cw)
-        else:
-            u = v = np.full((hgt, wid), 128, np.uint8)           # mono: zero chroma
-        out.append(yuv_to_rgb(y, u, v, limited=limited, siting=siting))
-    if not out:
-        raise MediaError(f"{path}: the video has no frames")
-    return np.stack(out), rate
+    cw, ch = (-(-wid // sub_x), -(-hgt // sub_y)) if sub_x else (0, 0)
+    size = luma + 2 * cw * ch
+    try:
+        end = os.fstat(fh.fileno()).st_size if fh.seekable() else None     # a file: skipped frames are seeked
+    except (OSError, AttributeError, ValueError):
+        end = None
+
+    def frames(limit, want):
+        for i in range(limit):
+            line = fh.readline(4096)
+            if not line:
+                return
+            if not line.startswith(b"FRAME") or not line.endswith(b"\n"):
+                raise MediaError(f"{path}: frame {i} does not start with a FRAME line")
+            if end is not None and not want(i):
+                got = min(size, end - fh.tell())
+                fh.seek(got, os.SEEK_CUR)
+                data = None
+            else:
+                data = fh.read(size)
+                got = len(data)
+            if got < size:
+                raise MediaError(f"{path}: frame {i} is truncated ({got} of {size} bytes)")
+            if not want(i):
+                yield None
+                continue
+            buf = np.frombuffer(data, np.uint8)
+            y = buf[:luma].reshape(hgt, wid)                         # [H, W]
+            if cw:
+                u = buf[luma:luma + cw * ch].reshape(ch, cw)         # [h, w]
+                v = buf[luma + cw * ch:].reshape(ch, cw)
+            else:
+                u = v = np.full((hgt, wid), 128, np.uint8)           # mono: zero chroma
+            yield yuv_to_rgb(y, u, v, limited=limited, siting=siting)
+    return (wid, hgt), rate, frames
 
 
-def _read_yuv(path, size, limited, limit, notes):
+def _open_yuv(path, size, limited, notes):
     if size is None:
         raise MediaError(f"{path}: a raw .yuv file needs its size (WxH) and frame rate given")
     wid, hgt = parse_size(size)
@@ -496,41 +635,51 @@ def _read_yuv(path, size, limited, limit, notes):
     if total % fsize:
         raise MediaError(f"{path}: file size {total} is not a multiple of the I420 frame size {fsize} "
                          f"for {wid}x{hgt}; wrong size?")
-    n = min(total // fsize, limit)
     limited = _range_of(None, limited, "yuv", path, notes)
-    out = np.empty((n, hgt, wid, 3), np.uint8)                       # [N, H, W, 3]
-    with open(path, "rb") as fh:
-        for i in range(n):
-            buf = np.frombuffer(fh.read(fsize), np.uint8)
-            y = buf[:luma].reshape(hgt, wid)
-            u = buf[luma:luma + chroma].reshape(hgt // 2, wid // 2)
-            v = buf[luma + chroma:].reshape(hgt // 2, wid // 2)
-            out[i] = yuv_to_rgb(y, u, v, limited=limited, siting="center")
-    return out, None
+
+    def frames(limit, want):
+        with open(path, "rb") as fh:
+            for i in range(min(total // fsize, limit)):
+                if not want(i):
+                    yield None
+                    continue
+                fh.seek(i * fsize)
+                buf = np.frombuffer(fh.read(fsize), np.uint8)
+                if len(buf) < fsize:
+                    raise MediaError(f"{path}: frame {i} is truncated (the file shrank while gvcc read it)")
+                y = buf[:luma].reshape(hgt, wid)                         # [H, W]
+                u = buf[luma:luma + chroma].reshape(hgt // 2, wid // 2)  # [h, w]
+                v = buf[luma + chroma:].reshape(hgt // 2, wid // 2)
+                yield yuv_to_rgb(y, u, v, limited=limited, siting="center")
+    return (wid, hgt), None, frames
 
 
-def _read_images(files, formats):
+def _open_images(files, formats):
     # still images as frames: 8-bit RGB, RGBA, L, LA or P (alpha dropped), all of one size; the frame rate from
-    # the first image's gvcc-fps text chunk (the PNG frames gvcc writes), else None
-    out, rate, size = [], None, None
-    for i, fname in enumerate(files):
+    # the first image's gvcc-fps text chunk (the PNG frames gvcc writes), else None. A skipped image is opened for
+    # its header only (its mode and size are still checked).
+    kinds = " or ".join(formats)
+
+    def open_one(fname, i, size, convert):
         try:
             with Image.open(fname, formats=formats) as im:
                 if im.mode not in ("RGB", "RGBA", "L", "LA", "P"):
                     raise MediaError(f"{fname}: unsupported {im.format} mode {im.mode} (8-bit RGB, RGBA, L, LA or P)")
-                if i == 0 and _PNG_FPS_KEY in getattr(im, "text", {}):
-                    rate = parse_fps(im.text[_PNG_FPS_KEY])
-                frame = np.asarray(im.convert("RGB"))                  # [H, W, 3]
+                if size is not None and im.size != size:
+                    raise MediaError(f"{fname}: size {im.size[0]}x{im.size[1]} differs from the first frame's "
+                                     f"{size[0]}x{size[1]}")
+                rate = parse_fps(im.text[_PNG_FPS_KEY]) if i == 0 and _PNG_FPS_KEY in getattr(im, "text", {}) \
+                    else None
+                return im.size, rate, (np.asarray(im.convert("RGB")) if convert else None)    # [H, W, 3]
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            kinds = " or ".join(formats)
             raise MediaError(f"{fname}: not a readable {kinds} image ({exc})") from None
-        if size is None:
-            size = frame.shape
-        elif frame.shape != size:
-            raise MediaError(f"{fname}: size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
-                             f"{size[1]}x{size[0]}")
-        out.append(frame)
-    return np.stack(out), rate
+
+    size, rate, _ = open_one(files[0], 0, None, False)
+
+    def frames(limit, want):
+        for i, fname in enumerate(files[:limit]):
+            yield open_one(fname, i, size, want(i))[2]
+    return size, rate, frames
 
 
 def _probe_pix_fmt(path):
@@ -566,7 +715,8 @@ def _probe_pix_fmt(path):
     return base, tag, matrix, siting
 
 
-def _read_ffmpeg(path, limited, limit, notes, warnings):
+def _open_ffmpeg(path, limited, notes, warnings):
+    # -> ((W, H), rate or None, frames(limit, want), the ffmpeg reader to close)
     import imageio_ffmpeg
     base, tag, matrix, siting = _probe_pix_fmt(path)
     ours = {"bt709": "bt709", "unknown": "bt709", "bt470bg": "bt601", "smpte170m": "bt601"}.get(matrix)
@@ -592,34 +742,36 @@ def _read_ffmpeg(path, limited, limit, notes, warnings):
     chroma = luma // 4 if mode == "420" else luma
     if mode != "rgb":
         limited = _range_of(tag, limited, "ffmpeg", path, notes)
-    out = []
-    try:
-        for data in gen:
-            buf = np.frombuffer(data, np.uint8)
-            if mode == "rgb":
-                out.append(buf.reshape(hgt, wid, 3).copy())
-            else:
-                cw, ch = (wid // 2, hgt // 2) if mode == "420" else (wid, hgt)
-                y = buf[:luma].reshape(hgt, wid)
-                u = buf[luma:luma + chroma].reshape(ch, cw)
-                v = buf[luma + chroma:luma + 2 * chroma].reshape(ch, cw)
-                out.append(yuv_to_rgb(y, u, v, limited=limited, matrix=ours, siting=siting))
-            if len(out) >= limit:
-                break
-    except RuntimeError as exc:
-        raise MediaError(f"{path}: ffmpeg failed after {len(out)} frames ({str(exc).splitlines()[0]})") from None
-    finally:
-        gen.close()
-    if not out:
-        raise MediaError(f"{path}: the video has no frames")
     fps = meta.get("fps") or 0
-    # A cut-off file (a copy or download that stopped early) decodes up to the cut without an error: compare
-    # with the duration the container declares, so that nobody codes half a clip without knowing it.
-    expected = round((meta.get("duration") or 0) * fps)
-    if len(out) < limit and len(out) + 1 < expected:
-        warnings.append(f"{path}: the container declares {meta['duration']:.2f} s at {fps:g} fps (about "
-                        f"{expected} frames) but only {len(out)} could be decoded: the file looks truncated")
-    return np.stack(out), (_fraction_from_float(fps) if fps > 0 else None)
+
+    def frames(limit, want):
+        n = 0
+        try:
+            for data in gen:
+                if not want(n):
+                    frame = None
+                elif mode == "rgb":
+                    frame = np.frombuffer(data, np.uint8).reshape(hgt, wid, 3).copy()
+                else:
+                    buf = np.frombuffer(data, np.uint8)
+                    cw, ch = (wid // 2, hgt // 2) if mode == "420" else (wid, hgt)
+                    y = buf[:luma].reshape(hgt, wid)                         # [H, W]
+                    u = buf[luma:luma + chroma].reshape(ch, cw)              # [h, w]
+                    v = buf[luma + chroma:luma + 2 * chroma].reshape(ch, cw)
+                    frame = yuv_to_rgb(y, u, v, limited=limited, matrix=ours, siting=siting)
+                n += 1
+                yield frame
+                if n >= limit:
+                    break
+        except RuntimeError as exc:
+            raise MediaError(f"{path}: ffmpeg failed after {n} frames ({str(exc).splitlines()[0]})") from None
+        # A cut-off file (a copy or download that stopped early) decodes up to the cut without an error: compare
+        # with the duration the container declares, so that nobody codes half a clip without knowing it.
+        expected = round((meta.get("duration") or 0) * fps)
+        if n < limit and n + 1 < expected:
+            warnings.append(f"{path}: the container declares {meta['duration']:.2f} s at {fps:g} fps (about "
+                            f"{expected} frames) but only {n} could be decoded: the file looks truncated")
+    return (wid, hgt), (_fraction_from_float(fps) if fps > 0 else None), frames, gen
 
 
 # ==================================================================================================

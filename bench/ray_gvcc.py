@@ -52,18 +52,19 @@ def gop_ranges(n_gops, shards):
 
 
 def count_gops(input_path, encode_args):
-    """NumGops of a clip under these encode arguments (reads the input's frame count, no models)."""
+    """NumGops of a clip under these encode arguments (counts the input's frames, holds none, loads no model)."""
     import bitstream
     import gvcc
     import media
     args = gvcc.build_parser().parse_args(["encode", input_path, "unused.gvcc", *encode_args])
-    video = media.read_video(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
-                             fps=args.fps, limited_range=args.limited_range, frames=args.frames)
+    with media.VideoSource(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
+                           fps=args.fps, limited_range=args.limited_range, frames=args.frames) as video:
+        frames = video.n                # counted without keeping any frame
     mode = args.mode or gvcc.MODELS[args.model or gvcc.DEFAULT_MODEL["t2v"]].mode
     if mode == "i2v":
         raise SystemExit("ray_gvcc: i2v GOPs chain through decoded frames and cannot be sharded; use `sweep`")
     # num_gops reads only these three header fields
-    return bitstream.num_gops(types.SimpleNamespace(mode=mode, frames=len(video.frames), gop_frames=args.gop))
+    return bitstream.num_gops(types.SimpleNamespace(mode=mode, frames=frames, gop_frames=args.gop))
 
 
 def _remote(ray, gpus, cpus):

@@ -108,6 +108,97 @@ def test_decode_writes_each_gop_before_sampling_the_next(tiny_weights, tmp_path,
 
 
 # --------------------------------------------------------------------------------------------------
+# Reading GOP by GOP (media.VideoSource)
+# --------------------------------------------------------------------------------------------------
+
+def write_kinds(folder, frames):
+    """The same frames as every input kind gvcc reads: {kind: (path, read arguments)}."""
+    out = {}
+    for kind, name in [("y4m", "c.y4m"), ("mp4", "c.mp4"), ("png", "pngs"), ("yuv", "c.yuv")]:
+        path = os.path.join(folder, name)
+        media.write_video(path, frames, Fraction(25, 1))
+        out[kind] = (path, dict(size=(frames.shape[2], frames.shape[1]), fps=25) if kind == "yuv" else {})
+    out["pattern"] = (os.path.join(folder, "pngs", "%06d.png"), dict(fps=25))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["y4m", "mp4", "png", "yuv", "pattern", "stdin"])
+def test_video_source_reads_gop_spans_as_read_video_reads_the_clip(kind, tmp_path, monkeypatch):
+    frames = synthetic_clip(frames=23, width=24, height=16)                          # [N, H, W, 3]
+    path, how = write_kinds(str(tmp_path), frames)["y4m" if kind == "stdin" else kind]
+    whole = media.read_video(path, **how)
+    with media.VideoSource(path, frames=10, **how) as video:
+        assert video.n == 10
+    if kind == "stdin":
+        class Stdin:
+            buffer = open(path, "rb")
+        monkeypatch.setattr("sys.stdin", Stdin)
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "spool"))
+        os.mkdir(tmp_path / "spool")
+        path = "-"
+    with media.VideoSource(path, **how) as video:
+        assert (video.n, video.width, video.height, video.fps) == (23, 24, 16, whole.fps)
+        assert video.notes == whole.notes and video.warnings == whole.warnings
+        # GOPs of 9 sharing boundary frames (i2v, flf2v), then a step back (reopens), then one frame
+        spans = [video.read(0, 9), video.read(8, 17), video.read(16, 23)]
+        assert np.array_equal(np.concatenate([spans[0], spans[1][1:], spans[2][1:]]), whole.frames)
+        assert np.array_equal(video.read(3, 5), whole.frames[3:5])
+        assert np.array_equal(video.read(22, 23), whole.frames[22:])
+        with pytest.raises(ValueError):
+            video.read(20, 24)
+    if kind == "stdin":
+        assert os.listdir(tmp_path / "spool") == []                 # the copy of stdin is gone
+
+
+def test_video_source_skips_pixels_when_counting(tmp_path, monkeypatch):
+    """Opening counts frames without converting any; reading a GOP converts only that GOP's frames."""
+    path = str(tmp_path / "c.y4m")
+    media.write_video(path, synthetic_clip(frames=30, width=24, height=16), Fraction(25, 1))
+    converted = []
+    real = media.yuv_to_rgb
+    monkeypatch.setattr(media, "yuv_to_rgb", lambda *a, **k: (converted.append(1), real(*a, **k))[1])
+    with media.VideoSource(path) as video:
+        assert video.n == 30 and converted == []
+        video.read(9, 18)
+        assert len(converted) == 9
+
+
+@pytest.mark.parametrize("mode", ["t2v", "flf2v"])
+def test_encode_memory_does_not_grow_with_the_clip(mode, tiny_weights, tmp_path, monkeypatch):
+    """At most two GOPs of source frames are alive at any time, and the peak of the arrays gvcc allocates
+    (tracemalloc sees numpy's) is the same for a 20-frame and a 100-frame clip of 320x240 frames (GOPs of 9)."""
+    import tracemalloc
+    import weakref
+    gop, frame_bytes = 9, 320 * 240 * 3
+    alive, most = [0], [0]
+    real_read = media.VideoSource.read
+
+    def read(self, start, stop):
+        frames = real_read(self, start, stop)                                         # [n, H, W, 3]
+        alive[0] += len(frames)
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(frames, lambda n=len(frames): alive.__setitem__(0, alive[0] - n))
+        return frames
+    monkeypatch.setattr(media.VideoSource, "read", read)
+    peaks = {}
+    for n in (20, 20, 100):                     # the first run warms up the allocations made once per process
+        clip = str(tmp_path / f"c{n}.y4m")
+        if not os.path.exists(clip):
+            with media.VideoWriter(clip, 320, 240, Fraction(25, 1), n_frames=n) as out:
+                for i in range(n):
+                    out.write(np.full((1, 240, 320, 3), i * 7 % 256, np.uint8))
+        tracemalloc.start()
+        try:
+            encode(clip, tiny_weights, tmp_path / "c.gvcc", mode, "--size", "16x16", "--gop", str(gop), "-y",
+                   *(["--still-quality", "30"] if mode == "flf2v" else []))
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert 0 < most[0] <= 2 * gop
+    assert peaks[100] - peaks[20] < gop * frame_bytes, (peaks, 80 * frame_bytes)     # the clip's growth: 80 frames
+
+
+# --------------------------------------------------------------------------------------------------
 # Part streams and concat without models (bitstream.py section 11)
 # --------------------------------------------------------------------------------------------------
 

@@ -1489,8 +1489,13 @@ def encode_video(args, video, spec_name, spec, mode, device):
     width, height = media.parse_size(args.size) if args.size else (src_w, src_h)
 
     def working(start, stop):
-        frames = video.read(start, stop)                                                # [n, src_h, src_w, 3]
-        return media.resize(frames, width, height) if (width, height) != (src_w, src_h) else frames
+        """Source frames start..stop-1 at the working size: uint8 [n, height, width, 3]."""
+        if (width, height) == (src_w, src_h):
+            return video.read(start, stop)
+        out = np.empty((stop - start, height, width, 3), np.uint8)                     # [n, height, width, 3]
+        for i in range(start, stop):        # one source-size frame at a time
+            out[i - start] = media.resize(video.read(i, i + 1), width, height)[0]
+        return out
     if mode != "t2v" and n < 2:
         raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
     if args.gop < 5 or (args.gop - 1) % 4:

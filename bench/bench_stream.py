@@ -2,14 +2,16 @@
 
 Makes a short and a long clip of the same frame size (.y4m, written frame by frame), encodes each with the tiny
 models at a small working size, decodes the stream, and prints the peak RSS (ru_maxrss of the child process) of
-every run. With --reference DIR it runs DIR's gvcc.py the same way (e.g. a checkout of an older commit, which held
+every run: the median of --repeats runs (peak RSS varies by tens of MiB from run to run with thread timing and
+the allocator's arenas, as the spread column shows). With --reference DIR it runs DIR's gvcc.py the same way (e.g. a checkout of an older commit, which held
 the whole clip in memory) and prints the two side by side with their ratio.
 
     python bench/bench_stream.py                              # 40 and 800 frames of 768x576, --size 64x48
-    python bench/bench_stream.py --reference /tmp/old-gvcc --frames 40 800
+    python bench/bench_stream.py --reference /tmp/old-gvcc --frames 40 800 --repeats 3
 """
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,16 +40,21 @@ def write_clip(path, n, width, height):
             out.write(chunk)
 
 
-def run(root, args):
-    """(peak RSS in MiB, wall seconds) of `python ROOT/gvcc.py ARGS` in a child process."""
-    start = time.time()
-    proc = subprocess.Popen([sys.executable, os.path.join(root, "gvcc.py"), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"gvcc.py {' '.join(args)} failed:\n{err.decode()}")
-    return usage.ru_maxrss / 1024, time.time() - start
+def run(root, args, repeats):
+    """(median peak RSS in MiB, max - min of the peaks, median wall seconds) of `python ROOT/gvcc.py ARGS -y`,
+    each run in its own child process."""
+    peaks, times = [], []
+    for _ in range(repeats):
+        start = time.time()
+        proc = subprocess.Popen([sys.executable, os.path.join(root, "gvcc.py"), *args, "-y"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status:
+            raise SystemExit(f"gvcc.py {' '.join(args)} failed:\n{err.decode()}")
+        peaks.append(usage.ru_maxrss / 1024)
+        times.append(time.time() - start)
+    return statistics.median(peaks), max(peaks) - min(peaks), statistics.median(times)
 
 
 def main():
@@ -57,6 +64,7 @@ def main():
     p.add_argument("--size", default="64x48", help="working size (default 64x48)")
     p.add_argument("--reference", help="another gvcc checkout to run the same way, for the ratio")
     p.add_argument("--weights", help="tiny weights folder (default: made in a temporary folder)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each command; the median is shown (default 3)")
     p.add_argument("--work", help="folder for the clips and streams (default: a temporary folder)")
     args = p.parse_args()
     width, height = media.parse_size(args.source_size)
@@ -76,14 +84,17 @@ def main():
                 write_clip(clip, n, width, height)
             for name, root in roots:
                 stream = os.path.join(work, f"{name}{n}.gvcc")
-                enc = run(root, ["encode", clip, stream, *common])
+                enc = run(root, ["encode", clip, stream, *common], args.repeats)
                 dec = run(root, ["decode", stream, os.path.join(work, f"{name}{n}.y4m"), "--weights", weights,
-                                 "--quiet"])
+                                 "--quiet"], args.repeats)
                 rows.append((n, name, enc, dec))
-    print(f"source {args.source_size}, working size {args.size}, tiny t2v models, GOPs of 33 frames; peak RSS")
-    print(f"{'frames':>6} {'code':>10} {'encode MiB':>11} {'s':>6} {'decode MiB':>11} {'s':>6}")
+    print(f"source {args.source_size}, working size {args.size}, tiny t2v models, GOPs of 33 frames; peak RSS, "
+          f"median of {args.repeats} runs (spread: max - min)")
+    print(f"{'frames':>6} {'code':>10} {'encode MiB':>11} {'spread':>7} {'s':>6} {'decode MiB':>11} {'spread':>7} "
+          f"{'s':>6}")
     for n, name, enc, dec in rows:
-        print(f"{n:>6} {name:>10} {enc[0]:>11.0f} {enc[1]:>6.1f} {dec[0]:>11.0f} {dec[1]:>6.1f}")
+        print(f"{n:>6} {name:>10} {enc[0]:>11.0f} {enc[1]:>7.0f} {enc[2]:>6.1f} {dec[0]:>11.0f} {dec[1]:>7.0f} "
+              f"{dec[2]:>6.1f}")
     for name, _ in roots:
         mine = [(n, e[0], d[0]) for n, nm, e, d in rows if nm == name]
         if len(mine) >= 2:

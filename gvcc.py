@@ -392,6 +392,208 @@ def _gaussian_fused_cpu(seed, stream, step, frame, atoms, n):
 
 
 # --------------------------------------------------------------------------------------------------
+# Certified matching on a CPU: approximate scores from the exact Philox words, then the exact top-M
+# --------------------------------------------------------------------------------------------------
+# Only the decoder needs the exact atoms; the encoder needs the M atoms of largest |<a_i, r>|. So every atom is
+# scored with an approximate Gaussian transform of its EXACT Philox words, whose error against the exact float32
+# atom is at most CERTIFIED_DELTA per element (derived below, checked on extreme words in the tests). Then for
+# every atom |approx_i - <a_i, r>| <= eps = CERTIFIED_DELTA ||r||_1, so each atom of the exact top-M has
+# |approx| >= T - 2 eps, T the M-th largest |approx|. Those candidates (about M plus a few) are generated exactly
+# and scored as the reference scores every atom, and top_m picks from them: the reference's selection. (Both
+# take their scores from float32 matrix products whose rounding was never portable: an exact tie below that
+# rounding may break either way, in either path.) A pathological residual only makes more candidates.
+#
+# Speed: Philox runs in int32 lanes (Inductor multiplies 8 int32 lanes at once on AVX2, but int64 one by one),
+# and its first rounds are split: with counter (e, atom, step, frame), round 1 multiplies e and the constant step
+# word, round 2 a word of the atom alone and one of e alone, and round 3's first product is one of e alone.
+# Those are computed once per codebook (_philox_tables, in the int64 reference arithmetic), leaving 15 of the
+# 20 products per counter. One compiled call scores SCORE_ATOMS atoms over all elements: Philox, transform and
+# the inner product in one loop, no atom written to memory.
+#
+# The approximate transform (float32; u = 2^-24): words (a, b) -> R cos T, R sin T with
+#   R = sqrt(-2 ln x), x = (a + 1/2) 2^-32 ; T = 2 pi (b + 1/2) 2^-32   (what the exact transform computes).
+#   ln x = 2 atanh(s) + k ln2 : for x < 1/2, a + 1/2 = m 2^(k+32) with m in [1, 2) and s = (m - 1)/(m + 1); for
+#   x >= 1/2, w = 1 - x = (~a + 1/2) 2^-32 exactly and s = -w / (2 - w), k = 0, which keeps ln x accurate near 0.
+#   Either way |s| <= 1/3 and 2 atanh(s) = 2 s (1 + s^2/3 + ... + s^8/9), truncation <= 1e-6 absolute.
+#   T = q pi/2 + phi, q the quadrant nearest, |phi| <= pi/4; sin phi to phi^7 (3.1e-7), cos phi to phi^8 (2.5e-8).
+# Errors: R: k ln2 rounded (k <= 32: 4e-6 in ln x, hence 3.5e-6 in R >= 1.18) and the rest a few u; R < 6.8.
+# cos/sin: phi to 4u relative, polynomials 1e-6. So |approx - exact| <= 3.5e-6 + 6.8 * 1.5e-6 + 4e-7 (the exact
+# atom's rounding to float32) < 1.5e-5 per element; the float32 sum of a counter's four products adds 4u * 6.8.
+# CERTIFIED_DELTA = 1e-4 is that bound with a safety factor of about 6; tests measure the error at extreme words.
+
+CERTIFIED_DELTA = 1e-4          # |approximate - exact atom element| <= CERTIFIED_DELTA (see above)
+SCORE_ATOMS = 4                 # atoms per compiled scoring call (unrolled: compile time grows with it)
+_MASK16 = 0xFFFF
+_APPROX_ATANH = [2.0 / (2 * n + 1) for n in range(5)]                              # 2 atanh(s) / s in s^2
+_APPROX_SIN = _SIN_COEF[:4]                                                        # to phi^7
+_APPROX_COS = _COS_COEF[:5]                                                        # to phi^8
+
+
+def _int32(v):
+    """A u32 python int as the int32 value with the same bits."""
+    v &= MASK32
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _srl32(x, n):
+    """Logical right shift of int32 lanes holding u32 bits (torch's >> on int32 is arithmetic)."""
+    return (x >> n) & ((1 << (32 - n)) - 1)
+
+
+def _mulhilo32(m, x):
+    """(hi, lo) of m x for a constant u32 m and an int32 tensor x of u32 bits, in wrapping int32 arithmetic.
+
+    16-bit halves: m x = xh mh 2^32 + (xh ml + xl mh) 2^16 + xl ml, each partial product < 2^32 (its u32 bits
+    in an int32 lane); the middle terms are added in two steps so that no sum exceeds 2^32.
+    """
+    ml, mh = m & _MASK16, m >> 16
+    xl, xh = x & _MASK16, _srl32(x, 16)
+    t = xl * ml
+    t2 = xh * ml + _srl32(t, 16)
+    t3 = xl * mh + (t2 & _MASK16)
+    hi = xh * mh + _srl32(t2, 16) + _srl32(t3, 16)
+    return hi, x * _int32(m)
+
+
+def _philox_tables(seed, stream, step, frame, atoms, n4):
+    """Philox rounds 1 to 3 of counters (e, atom, step, frame), split into per-atom and per-element words.
+
+    Returns int32 tensors (u32 bits): atom words xa, sa [A]; element words y, p, q, rr [n4]; and the 20 round keys.
+    After round 3 the state of counter (e, atom) is (hi(M1 (xa ^ y)) ^ p, lo(M1 (xa ^ y)), q ^ sa, rr).
+    """
+    keys, k0, k1 = [], seed & MASK32, stream & MASK32
+    for _ in range(10):
+        keys += [k0, k1]
+        k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
+    e = torch.arange(n4, dtype=torch.int64)                                           # [n4]
+    i = torch.as_tensor(atoms, dtype=torch.int64)                                     # [A]
+    hi0, lo0 = _mulhilo(PHILOX_M0, e)                                                 # round 1
+    hi1, lo1 = _mulhilo(PHILOX_M1, torch.tensor(step & MASK32))
+    a1, c1, e2, e3 = hi1 ^ i ^ keys[0], lo1, hi0 ^ (frame & MASK32) ^ keys[1], lo0
+    xa, a2 = _mulhilo(PHILOX_M0, a1)                                                  # round 2
+    hi1, lo1 = _mulhilo(PHILOX_M1, e2)
+    e0, e1, y = hi1 ^ c1 ^ keys[2], lo1, e3 ^ keys[3]          # state: (e0, e1, xa ^ y, a2)
+    q, rr = _mulhilo(PHILOX_M0, e0)                                                   # round 3, e alone
+    p, sa = e1 ^ keys[4], a2 ^ keys[5]
+    to32 = lambda w: (w - ((w >> 31) << 32)).to(torch.int32)                         # noqa: E731
+    return [to32(w) for w in (xa, sa, y, p, q, rr)] + [torch.tensor([_int32(k) for k in keys], dtype=torch.int32)]
+
+
+def _philox_after_tables(xa, sa, y, p, q, rr, keys):
+    """Philox output words (int32 lanes) from _philox_tables' words: round 3's mixed product, then rounds 4-10."""
+    hi1, lo1 = _mulhilo32(PHILOX_M1, xa ^ y)
+    c0, c1, c2, c3 = hi1 ^ p, lo1, q ^ sa, rr
+    for i in range(3, 10):
+        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ keys[2 * i], lo1, hi0 ^ c3 ^ keys[2 * i + 1], lo0
+    return c0, c1, c2, c3
+
+
+def _approx_box_muller(a, b):
+    """Approximately _box_muller of int32 words (u32 bits) in float32: within CERTIFIED_DELTA (see above)."""
+    upper = a < 0                                                       # x >= 1/2
+    v = (a ^ (a >> 31)).to(torch.float32) + 0.5                         # a + 1/2, or ~a + 1/2 = 2^32 (1 - x)
+    bits = v.view(torch.int32)
+    m = ((bits & 0x7FFFFF) | 0x3F800000).view(torch.float32)            # v = m 2^(k + 32), m in [1, 2)
+    k = ((bits >> 23) - (127 + 32)).to(torch.float32)
+    w = v * 2.0 ** -32
+    s = torch.where(upper, -w, m - 1.0) / torch.where(upper, 2.0 - w, m + 1.0)
+    ln_x = s * _horner(_APPROX_ATANH, s * s) + torch.where(upper, 0.0, k) * LN2
+    radius = torch.sqrt(ln_x * -2.0)
+    bq = b + (1 << 29)                                                  # wraps: quadrant q = round(4 (b + 1/2) 2^-32)
+    quadrant = _srl32(bq, 30)
+    phi = ((bq & ((1 << 30) - 1)) - (1 << 29)).to(torch.float32) + 0.5
+    phi = phi * (2.0 * math.pi / 2.0 ** 32)
+    qq = phi * phi
+    sin_phi, cos_phi = phi * _horner(_APPROX_SIN, qq), _horner(_APPROX_COS, qq)
+    odd = (quadrant & 1) == 1                   # rotate (cos phi, sin phi) by q pi/2
+    c, s_ = torch.where(odd, sin_phi, cos_phi), torch.where(odd, cos_phi, sin_phi)
+    cos_t = torch.where(((quadrant + 1) & 2) == 2, -c, c)
+    sin_t = torch.where((quadrant & 2) == 2, -s_, s_)
+    return radius * cos_t, radius * sin_t
+
+
+def approx_scores(xa, sa, y, p, q, rr, r4, keys):
+    """[G] float64 approximate <a, r> of G atoms (a python loop: each atom is one fused loop over elements).
+
+    xa, sa: [G] atom words; y, p, q, rr: [n4] element words; r4: [4, n4] float32, r4[l, c] = r[4 c + l] (zero
+    beyond D); keys: [20]. Each counter's four products are summed in float32, the counters in float64.
+    """
+    out = []
+    for g in range(xa.shape[0]):
+        c0, c1, c2, c3 = _philox_after_tables(xa[g], sa[g], y, p, q, rr, keys)
+        z0, z1 = _approx_box_muller(c0, c1)
+        z2, z3 = _approx_box_muller(c2, c3)
+        part = z0 * r4[0] + z1 * r4[1] + z2 * r4[2] + z3 * r4[3]                       # [n4]
+        out.append(part.to(torch.float64).sum())
+    return torch.stack(out)                                                             # [G]
+
+
+_scorer = {}                    # "fn": the compiled approx_scores, "ok": whether it passed the check
+
+
+def _score_args(r, seed, stream, step, frame, atoms):
+    """approx_scores' arguments for all `atoms` ([A] atom words padded to SCORE_ATOMS) and a residual r."""
+    d = r.numel()
+    n4 = max(8, -(-d // 32) * 8)                # counters, a multiple of 8 (vector width), never 0 or 1
+    xa, sa, y, p, q, rr, keys = _philox_tables(seed, stream, step, frame, atoms, n4)
+    pad = -len(xa) % SCORE_ATOMS
+    xa, sa = F.pad(xa, (0, pad)), F.pad(sa, (0, pad))
+    r4 = F.pad(r.detach().float().cpu().flatten(), (0, 4 * n4 - d)).reshape(n4, 4).t().contiguous()   # [4, n4]
+    return xa, sa, (y, p, q, rr, r4, keys)
+
+
+def scorer_available():
+    """Compile approx_scores once per process and check it against exact scores; True if usable.
+
+    The element dimension is dynamic, so one compilation serves every frame size. The check scores atoms at
+    extreme addresses against exact float64 inner products of reference atoms: every score within the bound.
+    """
+    if "ok" not in _scorer:
+        _scorer["ok"] = False
+        if os.environ.get("GVCC_NO_COMPILE"):
+            return False
+        try:
+            # Inductor stops fusing after 64 nodes by default; the unrolled atoms need more to stay in one loop.
+            fn = torch.compile(approx_scores, dynamic=False, fullgraph=True, options={"max_fusion_size": 4096})
+            r = torch.randn(1000, generator=torch.Generator().manual_seed(0))                # [D]
+            atoms = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 12345, 777, 16383]
+            xa, sa, rest = _score_args(r, 0xFFFFFFFF, STREAM_CODEBOOK, 16, 8, atoms)
+            for t in rest[:4]:
+                torch._dynamo.mark_dynamic(t, 0)
+            torch._dynamo.mark_dynamic(rest[4], 1)
+            got = torch.cat([fn(xa[i:i + SCORE_ATOMS], sa[i:i + SCORE_ATOMS], *rest)
+                             for i in range(0, len(xa), SCORE_ATOMS)])[:len(atoms)]
+            want = gaussian(0xFFFFFFFF, STREAM_CODEBOOK, 16, 8, atoms, 1000, fast=False).double() @ r.double()
+            bound = CERTIFIED_DELTA * float(r.double().abs().sum())
+            _scorer["ok"] = bool(((got - want).abs() <= bound).all())
+            _scorer["fn"] = fn
+            if not _scorer["ok"]:
+                print("gvcc: warning: the compiled scorer misses its error bound here; scoring every atom "
+                      "exactly", file=sys.stderr)
+        except Exception as exc:            # no C++ compiler, an Inductor limitation: exact scoring works
+            print(f"gvcc: warning: torch.compile of the scorer failed ({type(exc).__name__}); scoring every "
+                  f"atom exactly", file=sys.stderr)
+    return _scorer["ok"]
+
+
+def certified_candidates(r, seed, step, frame, K, M, score=None):
+    """Atoms that may be in the exact top-M of codebook (seed, step, frame): [C] int64, ascending.
+
+    score: approx_scores or its compiled version (default: the compiled one). All K atoms are scored
+    approximately; the candidates are those with |approx| >= T - 2 eps (see the section's comment).
+    """
+    score = score or _scorer["fn"]
+    xa, sa, rest = _score_args(r, seed, STREAM_CODEBOOK, step, frame, range(K))
+    approx = torch.cat([score(xa[i:i + SCORE_ATOMS], sa[i:i + SCORE_ATOMS], *rest)
+                        for i in range(0, len(xa), SCORE_ATOMS)])[:K].abs()            # [K]
+    eps = CERTIFIED_DELTA * float(r.detach().double().abs().sum())
+    threshold = float(torch.topk(approx, min(M, K)).values[-1])
+    return torch.nonzero(approx >= threshold - 2.0 * eps).flatten()
+
+
+# --------------------------------------------------------------------------------------------------
 # On GPUs: one fused Triton kernel (optional; torch path otherwise)
 # --------------------------------------------------------------------------------------------------
 # The kernels below are plain functions until triton_kernels() wraps them with triton.jit, so gvcc imports
@@ -644,25 +846,40 @@ def top_m(idx, p, M):
     return idx[order][keep], p[order][keep]
 
 
-def match_atoms(r, seed, step, frame, K, M, chunk=None):
+def match_atoms(r, seed, step, frame, K, M, chunk=None, certified=True):
     """The M atoms of codebook (seed, step, frame) with the largest |<a_i, r>|, and their signs (generator 1).
 
-    r: [D] residual. Atoms are generated and scored `chunk` at a time with a running top-M, so memory does not
-    grow with K. Ties in |p| go to the lower index; a zero inner product counts as +. Returns (indices sorted
-    ascending, signs with 0 = + and 1 = -).
+    r: [D] residual. Ties in |p| go to the lower index; a zero inner product counts as +. Returns (indices
+    sorted ascending, signs with 0 = + and 1 = -). On CUDA with Triton one fused kernel scores all K atoms. On a
+    CPU, large codebooks go through certified_candidates (section "Certified matching") when its compiled
+    scorer is usable and certified=True; otherwise every atom is scored exactly (match_exact).
     """
-    d = r.numel()
-    chunk = chunk or max(16, min(1024, (64 << 20) // (4 * d)))    # about 64 MiB of atoms at a time
-    best_idx = torch.empty(0, dtype=torch.int64, device=r.device)   # kept in ascending index order
-    best_p = torch.empty(0, dtype=torch.float32, device=r.device)
     if r.is_cuda and triton_kernels() is not None:      # one fused kernel scores all K atoms, writing none
         idx = torch.arange(K, dtype=torch.int64, device=r.device)                             # [K]
         best_idx, best_p = top_m(idx, scores_triton(r, seed, STREAM_CODEBOOK, step, frame, idx), M)
-    else:
-        for start in range(0, K, chunk):
-            idx = torch.arange(start, min(K, start + chunk), dtype=torch.int64, device=r.device)   # [A]
-            p = gaussian(seed, STREAM_CODEBOOK, step, frame, idx, d, r.device) @ r                 # [A]
-            best_idx, best_p = top_m(torch.cat([best_idx, idx]), torch.cat([best_p, p]), M)
+        return best_idx.tolist(), (best_p < 0).to(torch.int64).tolist()
+    atoms = range(K)
+    n4 = (r.numel() + 3) // 4
+    if (certified and not r.is_cuda and chunk is None and 0 < M < K and K * n4 >= FUSED_MIN_COUNTERS
+            and scorer_available()):
+        atoms = certified_candidates(r, seed, step, frame, K, M).tolist()
+    return match_exact(r, seed, step, frame, atoms, M, chunk)
+
+
+def match_exact(r, seed, step, frame, atoms, M, chunk=None):
+    """match_atoms over the given atom indices (ascending), each generated and scored exactly.
+
+    Atoms are generated and scored `chunk` at a time with a running top-M, so memory does not grow with K.
+    """
+    d = r.numel()
+    chunk = chunk or max(16, min(1024, (64 << 20) // (4 * d)))    # about 64 MiB of atoms at a time
+    atoms = torch.as_tensor(atoms, dtype=torch.int64)
+    best_idx = torch.empty(0, dtype=torch.int64, device=r.device)   # kept in ascending index order
+    best_p = torch.empty(0, dtype=torch.float32, device=r.device)
+    for start in range(0, len(atoms), chunk):
+        idx = atoms[start:start + chunk].to(r.device)                                           # [A]
+        p = gaussian(seed, STREAM_CODEBOOK, step, frame, idx, d, r.device) @ r                 # [A]
+        best_idx, best_p = top_m(torch.cat([best_idx, idx]), torch.cat([best_p, p]), M)
     signs = (best_p < 0).to(torch.int64)
     return best_idx.tolist(), signs.tolist()
 

@@ -1,8 +1,12 @@
 """Codebook cost per (step, latent frame) at real latent-frame sizes: every gvcc path against the authors' approach.
 
 Encoder rows (generate K atoms and pick the top-M against a residual), K = 16384, M = 64:
-    reference  gvcc.match_atoms on the eager torch generator (GVCC_NO_COMPILE=1): the readable spec path.
-    fused-cpu  gvcc.match_atoms on the torch.compile'd generator (same bits; compile time shown apart).
+    reference  gvcc.match_atoms(certified=False) on the eager torch generator (GVCC_NO_COMPILE=1): every atom
+               generated and scored exactly, the readable spec path.
+    fused-cpu  the same on the torch.compile'd generator (same bits; compile time shown apart).
+    certified  gvcc.match_atoms as an encode runs it on a CPU: every atom scored approximately from its exact
+               Philox words by one compiled kernel, then the candidates (about M) generated and scored exactly;
+               the same selection as the reference. Measured at the full K (compile time shown apart).
     triton     gvcc.match_atoms on CUDA with Triton: one fused kernel, no atom written (only with --device cuda).
     shift      generator 2 (gvcc.match_shifts): one Gaussian vector, all K shifts scored by one real FFT.
     authors    one torch.Generator seeded per (step, frame), one torch.randn(D) per atom, then the inner
@@ -13,8 +17,9 @@ generator, gvcc.shift_innovation for generator 2.
 Each configuration runs in its own subprocess, so that its peak memory (ru_maxrss, whole process) is its own,
 with --threads torch threads (default 1: per-core cost). The per-atom methods (reference, fused-cpu, authors)
 are measured on --atoms atoms and extrapolated linearly to K (each costs K times one atom); use --atoms 16384
-on a GPU. shift is measured at the full K (its cost hardly depends on K); its permutation P is computed once
-per clip and is not in the per-(step, frame) time. Per GOP: 17 SDE steps x 9 latent frames = 153 (step, frame)
+on a GPU. certified is measured at the full K (its candidates depend on the whole codebook), and so is shift
+(its cost hardly depends on K; its permutation P is computed once per clip and is not in the per-(step, frame)
+time). Per GOP: 17 SDE steps x 9 latent frames = 153 (step, frame)
 for a 33-frame GOP at the default 20 steps with 3 ODE tail steps.
 
     python bench/bench_codebook.py [--atoms 256] [--device cpu] [--threads 1]
@@ -39,7 +44,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 SIZES = {"480x848": (16, 60, 106), "720p": (16, 90, 160)}      # [C, h, w] of one latent frame
 K_FULL, M, PER_GOP = 16384, 64, 17 * 9
-ENCODERS = ("reference", "fused-cpu", "triton", "shift", "authors")
+ENCODERS = ("reference", "fused-cpu", "certified", "triton", "shift", "authors")
 DECODERS = ("dec-reference", "dec-fused-cpu", "dec-shift")
 
 
@@ -57,10 +62,10 @@ def run_one(method, shape, atoms, device):
     d = shape[0] * shape[1] * shape[2]
     r = torch.randn(d, generator=torch.Generator().manual_seed(0)).to(device)          # [D] residual
     compile_s = 0.0
-    if method in ("fused-cpu", "dec-fused-cpu"):
+    if method in ("fused-cpu", "dec-fused-cpu", "certified"):
         start = time.perf_counter()
-        if not gvcc.fused_cpu_available():
-            raise SystemExit("the compiled generator is not available here")
+        if not gvcc.fused_cpu_available() or (method == "certified" and not gvcc.scorer_available()):
+            raise SystemExit("the compiled generator or scorer is not available here")
         compile_s = time.perf_counter() - start
     if method == "shift":
         gvcc.shift_permutation(42, d)                  # once per clip
@@ -69,7 +74,9 @@ def run_one(method, shape, atoms, device):
     sync(device)
     start = time.perf_counter()
     if method in ("reference", "fused-cpu", "triton"):
-        gvcc.match_atoms(r, 42, 0, 0, atoms, M)
+        gvcc.match_atoms(r, 42, 0, 0, atoms, M, certified=False)
+    elif method == "certified":
+        gvcc.match_atoms(r, 42, 0, 0, K_FULL, M)
     elif method == "shift":
         gvcc.match_shifts(r, 42, 0, 0, K_FULL, M)
     elif method == "authors":
@@ -130,7 +137,8 @@ def main():
     except ImportError:
         have_triton = False
     methods = [m for m in ENCODERS + DECODERS
-               if not (m == "triton" and not have_triton) and not ("fused-cpu" in m and args.device != "cpu")]
+               if not (m == "triton" and not have_triton)
+               and not (("fused-cpu" in m or m == "certified") and args.device != "cpu")]
     rows = {}
     for size in SIZES:
         for method in methods:

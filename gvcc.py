@@ -180,7 +180,6 @@ Both: z = z / std(z) (unbiased std over the D elements), reshaped to [C, h, w].
 import argparse
 import functools
 import math
-import operator
 import os
 import signal
 import sys
@@ -208,20 +207,19 @@ GENERATOR_IID, GENERATOR_SHIFT = 1, 2           # header `generator`: i.i.d. ato
 CODEBOOKS = {"iid": GENERATOR_IID, "shift": GENERATOR_SHIFT}     # encode --codebook
 
 
-def _mulhilo(m, x, mul=operator.mul):
+def _mulhilo(m, x):
     """(hi, lo) 32-bit halves of the 64-bit product m * x, for a constant m and int64 tensor x < 2^32.
 
     int64 tensors hold the u32 values. m is split in 16-bit halves so no intermediate exceeds 2^49:
     m x = (x m_hi) 2^16 + x m_lo = B 2^16 + A ; with B = B_hi 2^16 + B_lo:  m x = B_hi 2^32 + (B_lo 2^16 + A).
-    mul(x, c) computes x c exactly for c < 2^16 (see _mul_via_float64 for the compiled path's).
     """
-    a = mul(x, m & 0xFFFF)                      # < 2^48
-    b = mul(x, m >> 16)                         # < 2^48
+    a = x * (m & 0xFFFF)                        # < 2^48
+    b = x * (m >> 16)                           # < 2^48
     s = ((b & 0xFFFF) << 16) + a                # < 2^49
     return (b >> 16) + (s >> 32), s & MASK32
 
 
-def philox4x32(counter, key, mul=operator.mul):
+def philox4x32(counter, key):
     """Philox4x32-10 on four int64 tensors of u32 counter words (broadcastable).
 
     key: two u32 words, python ints or 0-d int64 tensors (tensors let a compiled caller vary the key).
@@ -231,8 +229,8 @@ def philox4x32(counter, key, mul=operator.mul):
     for i in range(10):
         if i:
             k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
-        hi0, lo0 = _mulhilo(PHILOX_M0, c0, mul)
-        hi1, lo1 = _mulhilo(PHILOX_M1, c2, mul)
+        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
 
@@ -289,12 +287,12 @@ def _box_muller(a, b):
     return (r * cos_t).to(torch.float32), (r * sin_t).to(torch.float32)
 
 
-def philox_gaussian(c0, c1, c2, c3, k0, k1, mul=operator.mul):
+def philox_gaussian(c0, c1, c2, c3, k0, k1):
     """Counters -> standard normals: [..., 4] float32, lane i from Philox output word i (see the docstring).
 
     All arguments are int64 tensors (broadcastable) of u32 words: the counter (c0, c1, c2, c3), the key (k0, k1).
     """
-    x0, x1, x2, x3 = philox4x32((c0, c1, c2, c3), (k0, k1), mul)
+    x0, x1, x2, x3 = philox4x32((c0, c1, c2, c3), (k0, k1))
     z0, z1 = _box_muller(x0, x1)
     z2, z3 = _box_muller(x2, x3)
     return torch.stack([z0, z1, z2, z3], dim=-1)
@@ -337,109 +335,25 @@ def initial_noise(seed, shape, device="cpu"):
 # Fast exact generator: the same numbers through torch.compile on a CPU
 # ==================================================================================================
 # philox_gaussian is elementwise, so Inductor fuses its ~400 passes into a few loops in C++ over a block of
-# counters that stays in cache. Inductor compiles with -ffp-contract=off and without unsafe-math (torch's
-# default), so each + - * / sqrt is one IEEE operation as in eager; the kernel is nevertheless checked bit for
-# bit against the eager reference on a full block of varied addresses before it is first used, and gvcc falls
-# back to the reference path if compiling fails or a bit differs. Set GVCC_NO_COMPILE=1 to skip it.
+# counters that stays in cache. Philox runs there in int32 lanes, u32 bits in two's complement with wrapping
+# products (Inductor multiplies 8 int32 lanes at once on AVX2, int64 lanes one at a time); the Box-Muller is the
+# reference's float64 code. Inductor compiles with -ffp-contract=off and without unsafe-math (torch's default),
+# so each + - * / sqrt is one IEEE operation as in eager; the kernel is nevertheless checked bit for bit against
+# the eager reference on a full block of varied addresses before it is first used, and gvcc falls back to the
+# reference path if compiling fails or a bit differs. Set GVCC_NO_COMPILE=1 to skip it.
 
-def _mul_via_float64(x, c):
-    """x c for int64 x < 2^32 and a constant c < 2^16, exactly, through float64 (the product is < 2^48).
-
-    Inductor multiplies int64 lanes one at a time on AVX2 but float64 ones four at a time. Integers below 2^52
-    convert both ways exactly by their bits: OR-ing in the exponent of 2^52 gives the float 2^52 + x.
-    """
-    two52 = 0x4330000000000000                                   # bits of the float64 2^52
-    xf = (x | two52).view(torch.float64) - 4503599627370496.0    # x as float64
-    return (xf * float(c) + 4503599627370496.0).view(torch.int64) & ((1 << 52) - 1)
-
-
-FUSED_BLOCK = 1 << 16           # counters per compiled call: one static shape, one compilation per process
-FUSED_MIN_COUNTERS = 1 << 20    # smaller requests stay eager (the first compilation takes about a minute)
-_fused_cpu = {}                 # "fn": the compiled philox_gaussian, "ok": whether it passed the check
-
-
-def fused_cpu_available():
-    """Compile philox_gaussian once per process and check it against the eager reference; True if usable."""
-    if "ok" not in _fused_cpu:
-        _fused_cpu["ok"] = False
-        if os.environ.get("GVCC_NO_COMPILE"):
-            return False
-        try:
-            fn = torch.compile(functools.partial(philox_gaussian, mul=_mul_via_float64), dynamic=False,
-                               fullgraph=True)
-            i = torch.arange(FUSED_BLOCK, dtype=torch.int64)                              # [B]
-            c0, c1 = i * 7919 % 25440, (i * 2654435761) & MASK32                          # varied counters
-            args = [torch.tensor(v, dtype=torch.int64) for v in (16, 8, 0xFFFFFFFF, 1)]   # step, frame, key
-            want = philox_gaussian(c0, c1, *args)                                         # [B, 4]
-            got = fn(c0, c1, *args)
-            _fused_cpu["ok"] = torch.equal(got.view(torch.int32), want.view(torch.int32))
-            _fused_cpu["fn"] = fn
-            if not _fused_cpu["ok"]:
-                print("gvcc: warning: the compiled generator differs from the reference here; using the "
-                      "eager path", file=sys.stderr)
-        except Exception as exc:            # no C++ compiler, an Inductor limitation: the eager path works
-            print(f"gvcc: warning: torch.compile of the generator failed ({type(exc).__name__}); using the "
-                  f"eager path", file=sys.stderr)
-    return _fused_cpu["ok"]
-
-
-def _gaussian_fused_cpu(seed, stream, step, frame, atoms, n):
-    """gaussian() through the compiled kernel: the flattened [A, n4] counters in blocks of FUSED_BLOCK."""
-    fn = _fused_cpu["fn"]
-    a, n4 = len(atoms), (n + 3) // 4
-    total = a * n4
-    out = torch.empty(total, 4, dtype=torch.float32)                                  # [A n4, 4]
-    scalars = [torch.tensor(v & MASK32, dtype=torch.int64) for v in (step, frame, seed, stream)]
-    for start in range(0, total, FUSED_BLOCK):
-        i = torch.arange(start, start + FUSED_BLOCK, dtype=torch.int64).clamp_(max=total - 1)   # [B] padded
-        z = fn(i % n4, atoms[i // n4], *scalars)                                      # [B, 4]
-        stop = min(total, start + FUSED_BLOCK)
-        out[start:stop] = z[:stop - start]
-    return out.reshape(a, 4 * n4)[:, :n]
-
-
-# --------------------------------------------------------------------------------------------------
-# Certified matching on a CPU: approximate scores from the exact Philox words, then the exact top-M
-# --------------------------------------------------------------------------------------------------
-# Only the decoder needs the exact atoms; the encoder needs the M atoms of largest |<a_i, r>|. So every atom is
-# scored with an approximate Gaussian transform of its EXACT Philox words, whose error against the exact float32
-# atom is at most CERTIFIED_DELTA per element (derived below, checked on extreme words in the tests). Then for
-# every atom |approx_i - <a_i, r>| <= eps = CERTIFIED_DELTA ||r||_1, so each atom of the exact top-M has
-# |approx| >= T - 2 eps, T the M-th largest |approx|. Those candidates (about M plus a few) are generated exactly
-# and scored as the reference scores every atom, and top_m picks from them: the reference's selection. (Both
-# take their scores from float32 matrix products whose rounding was never portable: an exact tie below that
-# rounding may break either way, in either path.) A pathological residual only makes more candidates.
-#
-# Speed: Philox runs in int32 lanes (Inductor multiplies 8 int32 lanes at once on AVX2, but int64 one by one),
-# and its first rounds are split: with counter (e, atom, step, frame), round 1 multiplies e and the constant step
-# word, round 2 a word of the atom alone and one of e alone, and round 3's first product is one of e alone.
-# Those are computed once per codebook (_philox_tables, in the int64 reference arithmetic), leaving 15 of the
-# 20 products per counter. One compiled call scores SCORE_ATOMS atoms over all elements: Philox, transform and
-# the inner product in one loop, no atom written to memory.
-#
-# The approximate transform (float32; u = 2^-24): words (a, b) -> R cos T, R sin T with
-#   R = sqrt(-2 ln x), x = (a + 1/2) 2^-32 ; T = 2 pi (b + 1/2) 2^-32   (what the exact transform computes).
-#   ln x = 2 atanh(s) + k ln2 : for x < 1/2, a + 1/2 = m 2^(k+32) with m in [1, 2) and s = (m - 1)/(m + 1); for
-#   x >= 1/2, w = 1 - x = (~a + 1/2) 2^-32 exactly and s = -w / (2 - w), k = 0, which keeps ln x accurate near 0.
-#   Either way |s| <= 1/3 and 2 atanh(s) = 2 s (1 + s^2/3 + ... + s^8/9), truncation <= 1e-6 absolute.
-#   T = q pi/2 + phi, q the quadrant nearest, |phi| <= pi/4; sin phi to phi^7 (3.1e-7), cos phi to phi^8 (2.5e-8).
-# Errors: R: k ln2 rounded (k <= 32: 4e-6 in ln x, hence 3.5e-6 in R >= 1.18) and the rest a few u; R < 6.8.
-# cos/sin: phi to 4u relative, polynomials 1e-6. So |approx - exact| <= 3.5e-6 + 6.8 * 1.5e-6 + 4e-7 (the exact
-# atom's rounding to float32) < 1.5e-5 per element; the float32 sum of a counter's four products adds 4u * 6.8.
-# CERTIFIED_DELTA = 1e-4 is that bound with a safety factor of about 6; tests measure the error at extreme words.
-
-CERTIFIED_DELTA = 1e-4          # |approximate - exact atom element| <= CERTIFIED_DELTA (see above)
-SCORE_ATOMS = 4                 # atoms per compiled scoring call (unrolled: compile time grows with it)
 _MASK16 = 0xFFFF
-_APPROX_ATANH = [2.0 / (2 * n + 1) for n in range(5)]                              # 2 atanh(s) / s in s^2
-_APPROX_SIN = _SIN_COEF[:4]                                                        # to phi^7
-_APPROX_COS = _COS_COEF[:5]                                                        # to phi^8
 
 
 def _int32(v):
     """A u32 python int as the int32 value with the same bits."""
     v &= MASK32
     return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _int32_lanes(words):
+    """int64 tensor of u32 values -> int32 tensor with the same bits."""
+    return (words - ((words >> 31) << 32)).to(torch.int32)
 
 
 def _srl32(x, n):
@@ -464,16 +378,132 @@ def _mulhilo32(m, x):
     return hi, x * _int32(m)
 
 
+def _round_keys(seed, stream):
+    """The 20 Philox round keys (k0, k1 of rounds 1..10) as an int32 tensor of u32 bits, and as python ints."""
+    keys, k0, k1 = [], seed & MASK32, stream & MASK32
+    for _ in range(10):
+        keys += [k0, k1]
+        k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
+    return torch.tensor([_int32(k) for k in keys], dtype=torch.int32), keys
+
+
+def _philox_rounds32(c, keys, first=0):
+    """Philox rounds first+1..10 on int32 lanes (u32 bits) from state c; keys: _round_keys' tensor."""
+    c0, c1, c2, c3 = c
+    for i in range(first, 10):
+        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ keys[2 * i], lo1, hi0 ^ c3 ^ keys[2 * i + 1], lo0
+    return c0, c1, c2, c3
+
+
+def _u32(x):
+    """int32 lanes of u32 bits -> int64 tensors of the u32 values (what the reference arithmetic takes)."""
+    return x.to(torch.int64) & MASK32
+
+
+def _philox_gaussian32(c0, c1, c2, c3, keys):
+    """philox_gaussian with Philox in int32 lanes (the compiled path; Box-Muller as the reference's).
+
+    All four counter words are full tensors: Inductor would compute a 0-d word's products in scalar C++ int32,
+    where overflow is undefined and the compiler may assume it away; vector lanes wrap.
+    """
+    x0, x1, x2, x3 = (_u32(x) for x in _philox_rounds32((c0, c1, c2, c3), keys))
+    z0, z1 = _box_muller(x0, x1)
+    z2, z3 = _box_muller(x2, x3)
+    return torch.stack([z0, z1, z2, z3], dim=-1)
+
+
+FUSED_BLOCK = 1 << 16           # counters per compiled call: one static shape, one compilation per process
+FUSED_MIN_COUNTERS = 1 << 20    # smaller requests stay eager (the first compilation takes about a minute)
+_fused_cpu = {}                 # "fn": the compiled philox_gaussian, "ok": whether it passed the check
+
+
+def fused_cpu_available():
+    """Compile philox_gaussian once per process and check it against the eager reference; True if usable."""
+    if "ok" not in _fused_cpu:
+        _fused_cpu["ok"] = False
+        if os.environ.get("GVCC_NO_COMPILE"):
+            return False
+        try:
+            fn = torch.compile(_philox_gaussian32, dynamic=False, fullgraph=True)
+            i = torch.arange(FUSED_BLOCK, dtype=torch.int64)                              # [B]
+            c0, c1 = i * 7919 % 25440, (i * 2654435761) & MASK32                          # varied counters
+            args = [torch.tensor(v, dtype=torch.int64) for v in (16, 0xFFFFFFFF, 0xFFFFFFFF, 1)]   # step, frame, key
+            want = philox_gaussian(c0, c1, *args)                                         # [B, 4]
+            words = [torch.full((FUSED_BLOCK,), _int32(v), dtype=torch.int32) for v in (16, 0xFFFFFFFF)]
+            got = fn(_int32_lanes(c0), _int32_lanes(c1), *words, _round_keys(0xFFFFFFFF, 1)[0])
+            _fused_cpu["ok"] = torch.equal(got.view(torch.int32), want.view(torch.int32))
+            _fused_cpu["fn"] = fn
+            if not _fused_cpu["ok"]:
+                print("gvcc: warning: the compiled generator differs from the reference here; using the "
+                      "eager path", file=sys.stderr)
+        except Exception as exc:            # no C++ compiler, an Inductor limitation: the eager path works
+            print(f"gvcc: warning: torch.compile of the generator failed ({type(exc).__name__}); using the "
+                  f"eager path", file=sys.stderr)
+    return _fused_cpu["ok"]
+
+
+def _gaussian_fused_cpu(seed, stream, step, frame, atoms, n):
+    """gaussian() through the compiled kernel: the flattened [A, n4] counters in blocks of FUSED_BLOCK."""
+    fn = _fused_cpu["fn"]
+    a, n4 = len(atoms), (n + 3) // 4
+    total = a * n4
+    out = torch.empty(total, 4, dtype=torch.float32)                                  # [A n4, 4]
+    words = [torch.full((FUSED_BLOCK,), _int32(v), dtype=torch.int32) for v in (step, frame)]          # [B]
+    keys = _round_keys(seed, stream)[0]
+    atoms = _int32_lanes(atoms)
+    for start in range(0, total, FUSED_BLOCK):
+        i = torch.arange(start, start + FUSED_BLOCK, dtype=torch.int64).clamp_(max=total - 1)   # [B] padded
+        z = fn((i % n4).to(torch.int32), atoms[i // n4], *words, keys)                # [B, 4]
+        stop = min(total, start + FUSED_BLOCK)
+        out[start:stop] = z[:stop - start]
+    return out.reshape(a, 4 * n4)[:, :n]
+
+
+# --------------------------------------------------------------------------------------------------
+# Certified matching on a CPU: approximate scores from the exact Philox words, then the exact top-M
+# --------------------------------------------------------------------------------------------------
+# Only the decoder needs the exact atoms; the encoder needs the M atoms of largest |<a_i, r>|. So every atom is
+# scored with an approximate Gaussian transform of its EXACT Philox words, whose error against the exact float32
+# atom is at most CERTIFIED_DELTA per element (derived below, checked on extreme words in the tests). Then for
+# every atom |approx_i - <a_i, r>| <= eps = CERTIFIED_DELTA ||r||_1, so each atom of the exact top-M has
+# |approx| >= T - 2 eps, T the M-th largest |approx|. Those candidates (about M plus a few) are generated exactly
+# and scored as the reference scores every atom, and top_m picks from them: the reference's selection. (Both
+# take their scores from float32 matrix products whose rounding was never portable: an exact tie below that
+# rounding may break either way, in either path.) A pathological residual only makes more candidates.
+#
+# Speed: Philox runs in int32 lanes as in the fast exact generator, and its first rounds are split: with counter
+# (e, atom, step, frame), round 1 multiplies e and the constant step word, round 2 a word of the atom alone and
+# one of e alone, and round 3's first product is one of e alone. Those are computed once per codebook
+# (_philox_tables, in the int64 reference arithmetic), leaving 15 of the 20 products per counter. One compiled call scores SCORE_ATOMS atoms over all elements: Philox, transform and
+# the inner product in one loop, no atom written to memory.
+#
+# The approximate transform (float32; u = 2^-24): words (a, b) -> R cos T, R sin T with
+#   R = sqrt(-2 ln x), x = (a + 1/2) 2^-32 ; T = 2 pi (b + 1/2) 2^-32   (what the exact transform computes).
+#   ln x = 2 atanh(s) + k ln2 : for x < 1/2, a + 1/2 = m 2^(k+32) with m in [1, 2) and s = (m - 1)/(m + 1); for
+#   x >= 1/2, w = 1 - x = (~a + 1/2) 2^-32 exactly and s = -w / (2 - w), k = 0, which keeps ln x accurate near 0.
+#   Either way |s| <= 1/3 and 2 atanh(s) = 2 s (1 + s^2/3 + ... + s^8/9), truncation <= 1e-6 absolute.
+#   T = q pi/2 + phi, q the quadrant nearest, |phi| <= pi/4; sin phi to phi^7 (3.1e-7), cos phi to phi^8 (2.5e-8).
+# Errors: R: k ln2 rounded (k <= 32: 4e-6 in ln x, hence 3.5e-6 in R >= 1.18) and the rest a few u; R < 6.8.
+# cos/sin: phi to 4u relative, polynomials 1e-6. So |approx - exact| <= 3.5e-6 + 6.8 * 1.5e-6 + 4e-7 (the exact
+# atom's rounding to float32) < 1.5e-5 per element; the float32 sum of a counter's four products adds 4u * 6.8.
+# CERTIFIED_DELTA = 1e-4 is that bound with a safety factor of about 6; tests measure the error at extreme words.
+
+CERTIFIED_DELTA = 1e-4          # |approximate - exact atom element| <= CERTIFIED_DELTA (see above)
+SCORE_ATOMS = 4                 # atoms per compiled scoring call (unrolled: compile time grows with it)
+_APPROX_ATANH = [2.0 / (2 * n + 1) for n in range(5)]                              # 2 atanh(s) / s in s^2
+_APPROX_SIN = _SIN_COEF[:4]                                                        # to phi^7
+_APPROX_COS = _COS_COEF[:5]                                                        # to phi^8
+
+
 def _philox_tables(seed, stream, step, frame, atoms, n4):
     """Philox rounds 1 to 3 of counters (e, atom, step, frame), split into per-atom and per-element words.
 
     Returns int32 tensors (u32 bits): atom words xa, sa [A]; element words y, p, q, rr [n4]; and the 20 round keys.
     After round 3 the state of counter (e, atom) is (hi(M1 (xa ^ y)) ^ p, lo(M1 (xa ^ y)), q ^ sa, rr).
     """
-    keys, k0, k1 = [], seed & MASK32, stream & MASK32
-    for _ in range(10):
-        keys += [k0, k1]
-        k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
+    key_lanes, keys = _round_keys(seed, stream)
     e = torch.arange(n4, dtype=torch.int64)                                           # [n4]
     i = torch.as_tensor(atoms, dtype=torch.int64)                                     # [A]
     hi0, lo0 = _mulhilo(PHILOX_M0, e)                                                 # round 1
@@ -484,19 +514,13 @@ def _philox_tables(seed, stream, step, frame, atoms, n4):
     e0, e1, y = hi1 ^ c1 ^ keys[2], lo1, e3 ^ keys[3]          # state: (e0, e1, xa ^ y, a2)
     q, rr = _mulhilo(PHILOX_M0, e0)                                                   # round 3, e alone
     p, sa = e1 ^ keys[4], a2 ^ keys[5]
-    to32 = lambda w: (w - ((w >> 31) << 32)).to(torch.int32)                         # noqa: E731
-    return [to32(w) for w in (xa, sa, y, p, q, rr)] + [torch.tensor([_int32(k) for k in keys], dtype=torch.int32)]
+    return [_int32_lanes(w) for w in (xa, sa, y, p, q, rr)] + [key_lanes]
 
 
 def _philox_after_tables(xa, sa, y, p, q, rr, keys):
     """Philox output words (int32 lanes) from _philox_tables' words: round 3's mixed product, then rounds 4-10."""
     hi1, lo1 = _mulhilo32(PHILOX_M1, xa ^ y)
-    c0, c1, c2, c3 = hi1 ^ p, lo1, q ^ sa, rr
-    for i in range(3, 10):
-        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
-        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ keys[2 * i], lo1, hi0 ^ c3 ^ keys[2 * i + 1], lo0
-    return c0, c1, c2, c3
+    return _philox_rounds32((hi1 ^ p, lo1, q ^ sa, rr), keys, first=3)
 
 
 def _approx_box_muller(a, b):

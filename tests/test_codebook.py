@@ -193,8 +193,20 @@ def near_tie(d, K, M, seed=3):
     return (r0 + t * v).float(), p, q
 
 
-def smooth(d):
-    return smooth_field(5, c=d // 1024, h=32, w=32)
+def residual(name, d, K, M, seed):
+    """(r, the near-tied pair or None) for the named kind of residual."""
+    g = torch.Generator().manual_seed(d)
+    if name == "near-tie":
+        r, p, q = near_tie(d, K, M, seed)
+        return r, (p, q)
+    if name == "smooth":
+        return smooth_field(5, c=d // 1024, h=32, w=32), None
+    if name == "sparse":                                    # three nonzero elements
+        return torch.zeros(d).index_put_((torch.tensor([3, 400, 998]),), torch.randn(3, generator=g)), None
+    if name == "zero":
+        return torch.zeros(d), None
+    scale = 1e30 if name == "huge" else 1.0
+    return scale * torch.randn(d, generator=g), None
 
 
 @pytest.mark.parametrize("name,d,K,M", [
@@ -203,22 +215,14 @@ def smooth(d):
 ])
 def test_certified_matching_chooses_the_reference_atoms(name, d, K, M):
     seed, step, frame = 3, 0, 0
-    g = torch.Generator().manual_seed(d)
-    r_tie, p, q = near_tie(d, K, M, seed) if name == "near-tie" else (None, None, None)
-    r = {"white": lambda: torch.randn(d, generator=g),
-         "smooth": lambda: smooth(d),
-         "sparse": lambda: torch.zeros(d).index_fill_(0, torch.tensor([3, 400, 998]), 1.0) * torch.randn(1, generator=g),
-         "near-tie": lambda: r_tie,
-         "tiny": lambda: torch.randn(d, generator=g),
-         "one": lambda: torch.randn(d, generator=g),
-         "zero": lambda: torch.zeros(d),
-         "huge": lambda: 1e30 * torch.randn(d, generator=g)}[name]()
+    r, pair = residual(name, d, K, M, seed)
     cand = gvcc.certified_candidates(r, seed, step, frame, K, M, score=gvcc.approx_scores)    # eager: no compile
     want = gvcc.match_atoms(r, seed, step, frame, K, M, certified=False)
     assert gvcc.match_exact(r, seed, step, frame, cand, M) == want
     top, _ = exact_top(r, seed, step, frame, K, M)
     assert top <= set(cand.tolist())
-    if name == "near-tie":
+    if pair:                               # both candidates; the exact scores put exactly one in the top-M
+        p, q = pair
         assert {p, q} <= set(cand.tolist()) and (p in want[0]) != (q in want[0])
     if name == "white":
         assert len(cand) <= M + 3          # eps is far below the spacing of the top scores

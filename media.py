@@ -37,6 +37,9 @@ Inputs are recognised by content (`input_kind`); outputs by extension.
 | directory | every *.png in name order (8-bit RGB, RGBA, L, LA, P; alpha dropped) | 000000.png ... with the frame rate in a `gvcc-fps` text chunk |
 | `frames/%06d.png` pattern, or one image | as ffmpeg's image2: numbered files from the first of indexes 0..4 that exists, while they exist; one image is one frame; PNG, JPEG, BMP, TIFF, WebP, PPM, AVIF, GIF | - |
 Images without a `gvcc-fps` chunk have no frame rate: read_video gives them 25 fps, ffmpeg's image2 default.
+read_video reads a whole input into memory (eval, tests). The encoder reads through VideoSource instead: one pass
+counts the frames without converting or keeping any (seeking past .y4m / .yuv pixels, image headers only), then
+read(start, stop) converts the frames of one GOP at a time; stdin is spooled to a temporary file first.
 A 4:2:0 .mp4 cannot hold an odd width or height (H.264 crops in 2-pixel units), and gvcc never resizes behind the
 user's back: writing an odd size to .mp4 / .mkv / .yuv is a MediaError that names .y4m and PNG as the way out.
 Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end.

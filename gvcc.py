@@ -439,6 +439,7 @@ def fused_cpu_available():
                 print("gvcc: warning: the compiled generator differs from the reference here; using the "
                       "eager path", file=sys.stderr)
         except Exception as exc:            # no C++ compiler, an Inductor limitation: the eager path works
+            _fused_cpu["compile_error"] = type(exc).__name__
             print(f"gvcc: warning: torch.compile of the generator failed ({type(exc).__name__}); using the "
                   f"eager path", file=sys.stderr)
     return _fused_cpu["ok"]
@@ -609,6 +610,7 @@ def scorer_available():
                 print("gvcc: warning: the compiled scorer misses its error bound here; scoring every atom "
                       "exactly", file=sys.stderr)
         except Exception as exc:            # no C++ compiler, an Inductor limitation: exact scoring works
+            _scorer["compile_error"] = type(exc).__name__
             print(f"gvcc: warning: torch.compile of the scorer failed ({type(exc).__name__}); scoring every "
                   f"atom exactly", file=sys.stderr)
     return _scorer["ok"]

@@ -233,7 +233,10 @@ def test_certified_matching_chooses_the_reference_atoms(name, d, K, M):
 def test_compiled_scorer_is_within_its_bound_and_matching_equals_the_reference(monkeypatch):
     # The first compilation takes about a minute on a 2-core CPU (then Inductor's disk cache); this kernel is
     # what scores atoms at real sizes. Its element dimension is dynamic, so one compilation serves every D.
-    assert gvcc.scorer_available(), "torch.compile of approx_scores failed or misses its bound"
+    if not gvcc.scorer_available() and "compile_error" in gvcc._scorer:
+        # e.g. Inductor's scalar C++ (ATEN_CPU_CAPABILITY=default) does not build: gvcc then scores exactly
+        pytest.skip(f"torch.compile cannot build the scorer here ({gvcc._scorer['compile_error']})")
+    assert gvcc.scorer_available(), "the compiled approx_scores misses its bound"
     for d, K, M in ((1000, 301, 9), (37, 64, 5)):
         r = torch.randn(d, generator=torch.Generator().manual_seed(d))
         xa, sa, rest = gvcc._score_args(r, 9, gvcc.STREAM_CODEBOOK, 2, 1, range(K))

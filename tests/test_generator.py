@@ -158,7 +158,10 @@ ADDRESSES = [  # seed, stream, step, frame, atoms, n: extreme words, odd lengths
 def test_compiled_cpu_generator_is_bit_identical(monkeypatch):
     # The first torch.compile in a fresh environment takes about a minute on a 2-core CPU (Inductor then
     # caches it on disk); the compiled kernel is what encodes at real sizes, so it is checked here.
-    assert gvcc.fused_cpu_available(), "torch.compile of philox_gaussian failed or differs from the reference"
+    if not gvcc.fused_cpu_available() and "compile_error" in gvcc._fused_cpu:
+        # e.g. Inductor's scalar C++ (ATEN_CPU_CAPABILITY=default) does not build: gvcc then uses the eager path
+        pytest.skip(f"torch.compile cannot build the generator here ({gvcc._fused_cpu['compile_error']})")
+    assert gvcc.fused_cpu_available(), "the compiled philox_gaussian differs from the reference"
     monkeypatch.setattr(gvcc, "FUSED_MIN_COUNTERS", 0)        # small requests through the compiled kernel too
     for seed, stream, step, frame, atoms, n in ADDRESSES:
         want = gvcc.gaussian(seed, stream, step, frame, atoms, n, fast=False)

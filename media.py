@@ -394,8 +394,12 @@ class _Opened:
         kind = input_kind(path)
         if kind == "y4m":
             self._fh = sys.stdin.buffer if path == "-" else open(path, "rb")
-            self.size, self.fps, self._frames = _open_y4m(self._fh, "stdin" if path == "-" else path,
-                                                          limited_range, self.notes)
+            try:
+                self.size, self.fps, self._frames = _open_y4m(self._fh, "stdin" if path == "-" else path,
+                                                              limited_range, self.notes)
+            except BaseException:
+                self.close()
+                raise
         elif kind == "yuv":
             self.size, self.fps, self._frames = _open_yuv(path, size, limited_range, self.notes)
         elif kind == "png":

@@ -59,12 +59,13 @@ def run_one(method, shape, atoms, device):
     import torch
 
     import gvcc
+    import kernels
     d = shape[0] * shape[1] * shape[2]
     r = torch.randn(d, generator=torch.Generator().manual_seed(0)).to(device)          # [D] residual
     compile_s = 0.0
     if method in ("fused-cpu", "dec-fused-cpu", "certified"):
         start = time.perf_counter()
-        if not gvcc.fused_cpu_available() or (method == "certified" and not gvcc.scorer_available()):
+        if not kernels.fused_cpu_available() or (method == "certified" and not kernels.scorer_available()):
             raise SystemExit("the compiled generator or scorer is not available here")
         compile_s = time.perf_counter() - start
     if method == "shift":

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import torch  # noqa: E402
 
 import gvcc  # noqa: E402
+import kernels  # noqa: E402
 import wan_model as wm  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def sync(device):
 
 def check_exact(device, quick):
     """Bits that differ between the Triton generator and the CPU reference (must be 0), and the score check."""
-    if gvcc.triton_kernels() is None:
+    if kernels.triton_kernels() is None:
         print("exact: triton is not installed: skipped")
         return True
     cases = [(42, 1, 0, 0, 16, 101760), (7, 1, 16, 8, 8, 153600), (0xFFFFFFFF, 0, 0, 3, 1, 26013),
@@ -58,7 +59,7 @@ def check_exact(device, quick):
     r = torch.randn(d, generator=torch.Generator().manual_seed(0))                            # [D]
     idx = torch.arange(k, dtype=torch.int64)
     ref = gvcc.gaussian(42, gvcc.STREAM_CODEBOOK, 3, 2, idx, d, "cpu", fast=False).double() @ r.double()   # [K]
-    p = gvcc.scores_triton(r.to(device), 42, gvcc.STREAM_CODEBOOK, 3, 2, idx.to(device)).cpu().double()
+    p = kernels.scores_triton(r.to(device), 42, gvcc.STREAM_CODEBOOK, 3, 2, idx.to(device)).cpu().double()
     err = float(((p - ref).abs() / ref.abs().max()).max())
     picks_cpu = gvcc.match_atoms(r, 42, 3, 2, k, m)
     picks_dev = gvcc.match_atoms(r.to(device), 42, 3, 2, k, m)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gvcc
+import kernels
 
 
 def brute_force(r, seed, step, frame, K, M):
@@ -152,8 +153,8 @@ def to_int32(words):
     (0, 2, 0, 0, [0], 1),
 ])
 def test_split_philox_gives_the_reference_words(seed, stream, step, frame, atoms, n4):
-    xa, sa, y, p, q, rr, keys = gvcc._philox_tables(seed, stream, step, frame, atoms, n4)
-    got = torch.stack(gvcc._philox_after_tables(xa[:, None], sa[:, None], y, p, q, rr, keys), dim=-1)   # [A, n4, 4]
+    xa, sa, y, p, q, rr, keys = kernels._philox_tables(seed, stream, step, frame, atoms, n4)
+    got = torch.stack(kernels._philox_after_tables(xa[:, None], sa[:, None], y, p, q, rr, keys), dim=-1)   # [A, n4, 4]
     c0, c1 = torch.arange(n4)[None, :], torch.tensor(atoms)[:, None]
     want = torch.stack(gvcc.philox4x32((c0, c1, torch.tensor(step), torch.tensor(frame)), (seed, stream)), dim=-1)
     assert torch.equal(got.to(torch.int64) & gvcc.MASK32, want.expand_as(got))
@@ -169,9 +170,9 @@ def test_approximate_transform_error_is_within_its_bound_at_extreme_words():
     a = torch.cat([ext.repeat_interleave(len(ext)), torch.randint(0, 2**32, (1 << 20,), generator=g)])
     b = torch.cat([ext.repeat(len(ext)), torch.randint(0, 2**32, (1 << 20,), generator=g)])
     exact = gvcc._box_muller(a, b)
-    approx = gvcc._approx_box_muller(to_int32(a), to_int32(b))
+    approx = kernels._approx_box_muller(to_int32(a), to_int32(b))
     err = max(float((x - y).abs().max()) for x, y in zip(approx, exact))
-    assert err <= 1.5e-5 < gvcc.CERTIFIED_DELTA, err
+    assert err <= 1.5e-5 < kernels.CERTIFIED_DELTA, err
 
 
 def exact_top(r, seed, step, frame, K, M):
@@ -216,7 +217,7 @@ def residual(name, d, K, M, seed):
 def test_certified_matching_chooses_the_reference_atoms(name, d, K, M):
     seed, step, frame = 3, 0, 0
     r, pair = residual(name, d, K, M, seed)
-    cand = gvcc.certified_candidates(r, seed, step, frame, K, M, score=gvcc.approx_scores)    # eager: no compile
+    cand = kernels.certified_candidates(r, seed, step, frame, K, M, score=kernels.approx_scores)    # eager: no compile
     want = gvcc.match_atoms(r, seed, step, frame, K, M, certified=False)
     assert gvcc.match_exact(r, seed, step, frame, cand, M) == want
     top, _ = exact_top(r, seed, step, frame, K, M)
@@ -233,15 +234,15 @@ def test_certified_matching_chooses_the_reference_atoms(name, d, K, M):
 def test_compiled_scorer_is_within_its_bound_and_matching_equals_the_reference(monkeypatch):
     # The first compilation takes about a minute on a 2-core CPU (then Inductor's disk cache); this kernel is
     # what scores atoms at real sizes. Its element dimension is dynamic, so one compilation serves every D.
-    if not gvcc.scorer_available() and "compile_error" in gvcc._scorer:
+    if not kernels.scorer_available() and "compile_error" in kernels._scorer:
         # e.g. Inductor's scalar C++ (ATEN_CPU_CAPABILITY=default) does not build: gvcc then scores exactly
-        pytest.skip(f"torch.compile cannot build the scorer here ({gvcc._scorer['compile_error']})")
-    assert gvcc.scorer_available(), "the compiled approx_scores misses its bound"
+        pytest.skip(f"torch.compile cannot build the scorer here ({kernels._scorer['compile_error']})")
+    assert kernels.scorer_available(), "the compiled approx_scores misses its bound"
     for d, K, M in ((1000, 301, 9), (37, 64, 5)):
         r = torch.randn(d, generator=torch.Generator().manual_seed(d))
-        xa, sa, rest = gvcc._score_args(r, 9, gvcc.STREAM_CODEBOOK, 2, 1, range(K))
-        got = torch.cat([gvcc._scorer["fn"](xa[i:i + 4], sa[i:i + 4], *rest) for i in range(0, len(xa), 4)])[:K]
+        xa, sa, rest = kernels._score_args(r, 9, gvcc.STREAM_CODEBOOK, 2, 1, range(K))
+        got = torch.cat([kernels._scorer["fn"](xa[i:i + 4], sa[i:i + 4], *rest) for i in range(0, len(xa), 4)])[:K]
         _, exact = exact_top(r, 9, 2, 1, K, M)
-        assert float((got - exact).abs().max()) <= gvcc.CERTIFIED_DELTA * float(r.double().abs().sum())
-        monkeypatch.setattr(gvcc, "FUSED_MIN_COUNTERS", 0)          # the certified path at this small size
+        assert float((got - exact).abs().max()) <= kernels.CERTIFIED_DELTA * float(r.double().abs().sum())
+        monkeypatch.setattr(kernels, "FUSED_MIN_COUNTERS", 0)          # the certified path at this small size
         assert gvcc.match_atoms(r, 9, 2, 1, K, M) == gvcc.match_atoms(r, 9, 2, 1, K, M, certified=False)

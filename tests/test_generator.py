@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gvcc
+import kernels
 
 # Random123 known-answer tests for philox4x32_10 (kat_vectors): counter, key, expected output.
 PHILOX_KAT = [
@@ -158,31 +159,32 @@ ADDRESSES = [  # seed, stream, step, frame, atoms, n: extreme words, odd lengths
 def test_compiled_cpu_generator_is_bit_identical(monkeypatch):
     # The first torch.compile in a fresh environment takes about a minute on a 2-core CPU (Inductor then
     # caches it on disk); the compiled kernel is what encodes at real sizes, so it is checked here.
-    if not gvcc.fused_cpu_available() and "compile_error" in gvcc._fused_cpu:
+    if not kernels.fused_cpu_available() and "compile_error" in kernels._fused_cpu:
         # e.g. Inductor's scalar C++ (ATEN_CPU_CAPABILITY=default) does not build: gvcc then uses the eager path
-        pytest.skip(f"torch.compile cannot build the generator here ({gvcc._fused_cpu['compile_error']})")
-    assert gvcc.fused_cpu_available(), "the compiled philox_gaussian differs from the reference"
-    monkeypatch.setattr(gvcc, "FUSED_MIN_COUNTERS", 0)        # small requests through the compiled kernel too
+        pytest.skip(f"torch.compile cannot build the generator here ({kernels._fused_cpu['compile_error']})")
+    assert kernels.fused_cpu_available(), "the compiled philox_gaussian differs from the reference"
+    monkeypatch.setattr(kernels, "FUSED_MIN_COUNTERS", 0)        # small requests through the compiled kernel too
     for seed, stream, step, frame, atoms, n in ADDRESSES:
         want = gvcc.gaussian(seed, stream, step, frame, atoms, n, fast=False)
         got = gvcc.gaussian(seed, stream, step, frame, atoms, n)
         assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (seed, stream, step, frame)
     # blocks of FUSED_BLOCK counters: a request that spans several, with a ragged end
-    want = gvcc.gaussian(3, 1, 2, 1, list(range(5)), 4 * gvcc.FUSED_BLOCK // 3 + 1, fast=False)
-    assert torch.equal(gvcc.gaussian(3, 1, 2, 1, list(range(5)), 4 * gvcc.FUSED_BLOCK // 3 + 1), want)
+    want = gvcc.gaussian(3, 1, 2, 1, list(range(5)), 4 * kernels.FUSED_BLOCK // 3 + 1, fast=False)
+    assert torch.equal(gvcc.gaussian(3, 1, 2, 1, list(range(5)), 4 * kernels.FUSED_BLOCK // 3 + 1), want)
 
 
 TRITON_CHECK = """
 import math, sys, torch
 import gvcc
+import kernels
 from test_generator import ADDRESSES
 for seed, stream, step, frame, atoms, n in ADDRESSES:
     want = gvcc.gaussian(seed, stream, step, frame, atoms, n, fast=False)
-    got = gvcc.gaussian_triton(seed, stream, step, frame, atoms, n, device="cpu")
+    got = kernels.gaussian_triton(seed, stream, step, frame, atoms, n, device="cpu")
     assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (seed, stream, step, frame)
     # the fused scores: float32 sums in another order than the reference's matrix product
     r = torch.randn(n, generator=torch.Generator().manual_seed(n))
-    p = gvcc.scores_triton(r, seed, stream, step, frame, atoms)
+    p = kernels.scores_triton(r, seed, stream, step, frame, atoms)
     assert torch.allclose(p, (want.double() @ r.double()).float(), rtol=1e-5, atol=1e-4 * math.sqrt(n))
 print("OK", len(ADDRESSES))
 """

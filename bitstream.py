@@ -46,6 +46,8 @@ when the mode allows it (section 9.1).
     header: | fixed fields (80 bytes) | model | prompt | header_crc (4) |
 
     lead:   | lead_size (4) | lead_still | lead_crc (4) |       only in a flf2v part with first_gop > 0
+            lead_size u(32) is the still's length in bytes (limits as still_size); lead_crc is the CRC-32 of
+            lead_size and the still, every lead byte before it (as gop_crc covers its GOP)
 
 A complete stream has first_gop = 0 and gop_count = NumGops, and no lead.
 
@@ -202,8 +204,11 @@ L = 2^b - 1 the dequantised residual of channel c is, in float32 and in this ord
 gvcc.py adds it to the final latent of that frame before the padding is cropped and the VAE decodes. In I2V mode
 that corrected frame is also the next GOP's reference. The decoder decompresses no more than
 n_values * ValueBytes + 1 bytes (ValueBytes = 1 for 4 and 8 bits, 2 for 16), and rejects the blob unless
-residual_size > 4 * n_channels, the output is exactly n_values * ValueBytes bytes, the zlib stream ends there
-with no trailing data, and every 4-bit value is at most 15.
+residual_size > 4 * n_channels, every scale is a finite float32 >= 0 (NaN, infinities and negative numbers are
+rejected; -0.0 is accepted and acts as 0), the output is exactly n_values * ValueBytes bytes, the zlib stream
+ends there with no trailing data, and every 4-bit value is at most 15.
+The residual is defined the same way in every mode (its last latent frame, the same arithmetic); gvcc's encoder
+writes one in i2v only, as the authors' method has it, and a decoder applies it wherever residual = 1.
 
 This is the authors' quantiser (CCdydy/GVCC, exp_i2v/run_uvg_chained_gop.py): scale_c = max(max |r_c|, 1e-6),
 q = round((r / scale_c + 1) L / 2), zlib level 9. Their blob is zlib( q ) alone, with the scales kept outside
@@ -282,8 +287,10 @@ outputs nothing, when any of these checks fails:
 - An index_rank is >= C(K, m) (checked for the whole stream before any GOP is decoded, without unranking).
 - A residual blob breaks section 6 (checked when it is unpacked).
 - A still is not an image of the kind still_lossless names (AVIF, or 8-bit RGB PNG) of exactly width x height:
-  its declared size (an AVIF's ispe box, a PNG's IHDR) is checked before its pixels are decoded, so a forged
-  size costs nothing, and any failure to decode it is an error naming the GOP and the still.
+  its declared size is checked before its pixels are decoded, so a forged size costs nothing, and the decoded
+  image's size again after, and any failure to decode it is an error naming the GOP and the still. The declared
+  size of an AVIF is that of its ispe property associated (ipma) with the primary item (pitm), as libavif reads
+  it; of a PNG, its IHDR chunk.
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
 stream made for weights or a generator it does not have, and a generator 2 stream whose K exceeds the shifts of
 one latent frame, D = 16 (H/8) (W/8) with H, W the working size rounded up to multiples of 16. It outputs frames
@@ -336,7 +343,10 @@ because every GOP's bytes, gop_crc included, depend only on the header's ClipKey
 clip_crc: gvcc computes it as the CRC-32 over the source's key frames, the uint8 RGB bytes (row-major
 [H, W, 3], source size, before any resizing) of frame first_frame of every GOP in order (section 7), so that a
 shard reads only NumGops frames of a seekable input to compute it. It tells clips apart that share every
-setting; two clips that agree in every key frame are not told apart.
+setting; two clips that agree in every key frame are not told apart. clip_crc is informative: no decoder reads
+it, and concat only compares it for equality. The RGB bytes are those gvcc's reader makes of the input (media.py:
+the colour conversion of .y4m, .yuv and video files, the range it assumes), so another encoder may compute
+another value for the same file; the parts of one clip must come from the same encoder and input.
 """
 import math
 import struct

@@ -64,6 +64,8 @@ Modes
            stills, and the boundary still is shared by the two GOPs that touch it (N GOPs send N+1 stills).
            y as above from VAE(first, zero frames, last), mask 1 on the first and last pixel frames; CLIP
            features of both frames.
+The tail residual is defined the same way in every mode: a decoder applies it wherever the header's `residual`
+is 1 (gvcc's encoder sends it in i2v only, as the authors do).
 The short last GOP of a clip is padded by repeating its last frame up to the next 4k+1 frames, and the decoder
 drops the padding. Spatially, as the authors do it: the pixels are replicate-padded only to multiples of 8 where
 the working size needs it (1080 rows stay 1080), the VAE latent is replicate-padded to even height and width for
@@ -139,10 +141,14 @@ Gaussian transform (Box-Muller on lane pairs (0, 1) and (2, 3), all in float64, 
               r = sqrt(-2 ln_u)
       angle:  o = b >> 29 (octant), t = ((b & (2^29 - 1)) + 0.5) / 2^29
               phi = (pi/4) t if o is even else (pi/4) (1 - t)       pi/4 = 0.7853981633974483
-              sin(phi), cos(phi) by Horner in phi^2 with coefficients (-1)^n / (2n+1)! and (-1)^n / (2n)!, n = 0..7
+              sin(phi) = phi S(phi^2), cos(phi) = C(phi^2): S and C by Horner in q = phi^2 with coefficients
+              (-1)^n / (2n+1)! and (-1)^n / (2n)!, n = 0..7 (the highest first: p = c_7; p = p q; p = p + c_6; ...)
               (c, s') = (cos phi, sin phi) if o is even else (sin phi, cos phi)
               quadrant o >> 1 rotates (c, s') to (c, s'), (-s', c), (-c, -s'), (s', -c)
       outputs: (r cos, r sin) -> elements of lanes (0, 1) from (a, b) = (x0, x1), and (2, 3) from (x2, x3).
+    Every coefficient (1/(2n+1), (-1)^n/(2n+1)!, (-1)^n/(2n)!) is the float64 nearest the exact fraction, as
+    python's 1.0 / (2 n + 1) and (-1) ** n / math.factorial(k) give it; Horner's rule is one multiplication and
+    one addition per coefficient, each rounded once in float64, in the order written above.
 Known answers are in tests/golden/ and tests/test_generator.py.
 The same numbers come from three implementations, chosen per request by `gaussian`: the eager torch reference
 (the code below, the spec) and two fast paths in kernels.py, which a port need not read: a torch.compile'd CPU
@@ -156,9 +162,15 @@ Codebooks (header field `generator`; `encode --codebook iid|shift`)
 -------------------------------------------------------------------
 A codebook (seed, j, f) holds K atoms of D = C h w elements, one per (SDE step j, latent frame f). Both sides
 build the innovation of the chosen atoms S (ascending indices k_i, signs s_i = +-1) with the same function.
+The encoder's choice (not normative): the M atoms of largest |<a_i, r>|, ties in |<a_i, r>| to the lower index,
+and s_i = + where <a_i, r> >= 0 (a zero product counts as +). gvcc's encoder takes the products from float32
+matrix products, whose rounding is not portable, so another encoder may break a near-tie the other way; the
+decoder only reads the indices and signs.
 Generator 1, `iid` (the paper's, the default): atom i is gaussian(seed, stream 1, j, f, atom i), elements 0..D-1.
     The encoder needs the M atoms of largest |<a_i, r>| (O(K D) Philox words per (step, frame)); the decoder
-    regenerates only the M chosen atoms and sums them: z = sum_i s_i a_{k_i}.
+    regenerates only the M chosen atoms and sums them, exactly as generator 2 sums its shifts: y = 0 (float32,
+    D elements); for i in ascending k_i: y = y + a_{k_i} if s_i = + else y - a_{k_i}, each element rounded once
+    in float32; z = y.
     Encoder (not normative), on a CPU ("Certified matching"): every atom is scored from its exact Philox words
     through a cheaper float32 Gaussian transform whose error is bounded per element, so that each score is
     within eps = CERTIFIED_DELTA ||r||_1 (1e-4 ||r||_1); the atoms whose approximate |score| is within 2 eps of the
@@ -176,7 +188,14 @@ Generator 2, `shift` (structured): atom k of codebook (seed, j, f), k = 0..K-1 w
     Decoder (what a port must reproduce bit for bit): y = 0 (float32, D elements); for i in ascending k_i:
     y = y + roll(g, k_i) if s_i = + else y - roll(g, k_i), each element rounded once in float32; then
     z[P[m]] = y[m]. One vector of D numbers, M shifted additions.
-Both: z = z / std(z) (unbiased std over the D elements), reshaped to [C, h, w].
+Both: z = z / std(z), reshaped to [C, h, w], with the std defined exactly (so that the decoder's innovation is
+the same on every machine): each z_e is taken exactly into float64; mean = (z_0 + z_1 + ... + z_{D-1}) / D with
+the sum accumulated in float64 in index order (((z_0 + z_1) + z_2) + ...), one rounding per addition and one for
+the division; v = the sum of (z_e - mean)^2 accumulated the same way (the difference and the square each rounded
+once in float64); std = sqrt(v / (D - 1)) in float64, then rounded to float32; each element z_e / std is one
+float32 division. If std <= 2^-12 max_e |z_e| (both float32, the scaling exact), z is constant up to rounding
+(possible with generator 2 when K = M = D and all signs agree) and the innovation is z = 0, never a huge vector,
+inf or NaN. A real innovation has std near max |z| / 4.
 """
 import argparse
 import functools
@@ -464,12 +483,34 @@ def match_exact(r, seed, step, frame, atoms, M, chunk=None):
 
 
 def innovation(seed, step, frame, indices, signs, frame_shape, device="cpu"):
-    """z = sum_i s_i a_i over the selected atoms, scaled to unit (unbiased) std: [C, h, w] float32 (generator 1)."""
+    """z = sum_i s_i a_i over the selected atoms, scaled to unit std: [C, h, w] float32 (generator 1).
+
+    The sum runs in float32 from zero over the atoms in ascending index order (the order of the stream), each
+    atom added or subtracted once, as generator 2's; then unit_std. Exact on every machine.
+    """
     d = frame_shape[0] * frame_shape[1] * frame_shape[2]
     atoms = gaussian(seed, STREAM_CODEBOOK, step, frame, indices, d, device)           # [M, D]
-    sign = 1.0 - 2.0 * torch.tensor(signs, dtype=torch.float32, device=device)         # [M]
-    z = (sign[:, None] * atoms).sum(dim=0)                                              # [D]
-    return (z / z.std()).reshape(frame_shape)                                           # [C, h, w]
+    z = torch.zeros(d, dtype=torch.float32, device=device)                             # [D]
+    for atom, s in zip(atoms, signs):
+        z = z - atom if s else z + atom
+    return unit_std(z).reshape(frame_shape)                                             # [C, h, w]
+
+
+def unit_std(z):
+    """z / std(z), [D] float32, exactly as the docstring defines it ("Codebooks", both generators).
+
+    The mean and the unbiased variance are accumulated in float64 in index order (np.add.accumulate: every
+    partial sum is an output, so no vectorisation can reorder it), the std is rounded to float32 and each
+    element divided by it in float32. A z that is constant up to rounding (std <= 2^-12 max |z|, e.g.
+    generator 2 with K = M = D and equal signs) gives z = 0: no innovation rather than a huge one, inf or NaN.
+    """
+    z64 = z.detach().to("cpu", torch.float64).numpy()                                  # [D]
+    mean = np.add.accumulate(z64)[-1] / z64.size
+    dev = z64 - mean
+    std = np.float32(np.sqrt(np.add.accumulate(dev * dev)[-1] / (z64.size - 1)))
+    if std <= np.float32(np.abs(z64).max()) * np.float32(2.0 ** -12):
+        return torch.zeros_like(z)
+    return z / torch.tensor(std, device=z.device)                                       # [D]
 
 
 # ==================================================================================================
@@ -526,8 +567,8 @@ def shift_innovation(seed, step, frame, indices, signs, frame_shape, device="cpu
     """Generator 2's z = P^T sum_i s_i roll(g, k_i), scaled to unit (unbiased) std: [C, h, w] float32.
 
     The sum runs in float32 from zero over the atoms in ascending index order (the order of the stream), each
-    term added or subtracted once; then z[P[j]] = y[j]. The same as innovation() for atoms P^T roll(g, k), up to
-    the order of the float32 sum.
+    term added or subtracted once; then z[P[j]] = y[j] and unit_std. The same as innovation() for atoms
+    P^T roll(g, k).
     """
     d = frame_shape[0] * frame_shape[1] * frame_shape[2]
     g = shift_vector(seed, step, frame, d, device)                                 # [D]
@@ -537,7 +578,7 @@ def shift_innovation(seed, step, frame, indices, signs, frame_shape, device="cpu
         y = y - shifted if s else y + shifted
     z = torch.empty_like(y)
     z[shift_permutation(seed, d).to(device)] = y                                   # [D]  P^T y
-    return (z / z.std()).reshape(frame_shape)                                      # [C, h, w]
+    return unit_std(z).reshape(frame_shape)                                        # [C, h, w]
 
 
 MATCHERS = {GENERATOR_IID: match_atoms, GENERATOR_SHIFT: match_shifts}             # encoder, by header id

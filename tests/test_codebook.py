@@ -56,6 +56,71 @@ def test_innovation_is_the_normalised_signed_sum():
     assert torch.equal(z, gvcc.innovation(5, 2, 1, idx, signs, (4, 3, 5)))
 
 
+def innovation_by_the_words(atoms, signs):
+    """The docstring's innovation ("Codebooks", both generators), written from the words alone in numpy: a float32
+    sum in stream order, then mean and variance summed in float64 in index order, std rounded to float32."""
+    y = np.zeros(atoms.shape[1], np.float32)
+    for a, s in zip(atoms, signs):
+        y = y - a if s else y + a                           # float32 + float32: one rounding per element
+    mean, var = np.float64(0.0), np.float64(0.0)
+    for v in y.astype(np.float64):
+        mean += v
+    mean /= y.size
+    for v in y.astype(np.float64):
+        var += (v - mean) * (v - mean)
+    std = np.float32(np.sqrt(var / (y.size - 1)))
+    return y / std
+
+
+@pytest.mark.parametrize("m, d", [(1, 64), (7, 300), (64, 1000), (33, 4097)])
+def test_innovation_is_exact_as_the_words_define_it(m, d):
+    # generator 1's sum and its normalisation are defined to the bit (porters found torch's .sum and .std were not)
+    idx = sorted(set(int(i) for i in torch.randint(0, 5000, (m,), generator=torch.Generator().manual_seed(d))))
+    signs = [(i * 7 + d) % 3 == 0 for i in range(len(idx))]
+    atoms = gvcc.gaussian(11, gvcc.STREAM_CODEBOOK, 4, 2, idx, d, fast=False).numpy()
+    want = innovation_by_the_words(atoms, [int(s) for s in signs])
+    got = gvcc.innovation(11, 4, 2, idx, [int(s) for s in signs], (1, 1, d)).flatten().numpy()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    idx2 = sorted(set(i % d for i in idx))
+    perm, g = gvcc.shift_permutation(11, d), gvcc.shift_vector(11, 4, 2, d)
+    g_atoms = np.stack([torch.empty(d).index_put_((perm,), torch.roll(g, k)).numpy() for k in idx2])  # a_k rows
+    want2 = innovation_by_the_words(g_atoms, [1] * len(idx2))
+    got2 = gvcc.shift_innovation(11, 4, 2, idx2, [1] * len(idx2), (1, 1, d)).flatten().numpy()
+    assert np.array_equal(got2.view(np.int32), want2.view(np.int32))
+
+
+def test_a_constant_innovation_is_zero_not_nan():
+    # generator 2 with K = M = D and equal signs sums every shift of g: a constant vector, std 0
+    d = 64
+    z = gvcc.shift_innovation(3, 0, 0, list(range(d)), [0] * d, (4, 4, 4))
+    assert torch.equal(z, torch.zeros(4, 4, 4))
+
+
+INNOVATIONS_MD5 = """
+import hashlib, sys, torch
+import gvcc
+h = hashlib.md5()
+for m, d in ((1, 64), (64, 3072), (80, 4097), (128, 10240)):
+    idx = list(range(3, 3 + 5 * m, 5))
+    signs = [i % 3 == 0 for i in range(m)]
+    h.update(gvcc.innovation(7, 2, 1, idx, signs, (1, 1, d)).numpy().tobytes())
+    h.update(gvcc.shift_innovation(7, 2, 1, [i % d for i in idx], signs, (1, 1, d)).numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_innovations_are_the_same_under_another_cpu_capability():
+    # the decoder's innovation is integer and IEEE-operation determined: the scalar kernels give the same bits
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = [subprocess.run([sys.executable, "-c", INNOVATIONS_MD5], capture_output=True, text=True, cwd=root,
+                           env=dict(os.environ, **extra), check=True).stdout
+            for extra in ({}, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"})]
+    assert runs[0] == runs[1] and len(runs[0].strip()) == 32
+
+
 def test_selected_atoms_point_towards_the_residual():
     r = torch.randn(4096, generator=torch.Generator().manual_seed(1))
     idx, signs = gvcc.match_atoms(r, 9, 0, 0, 512, 16)

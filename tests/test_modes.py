@@ -319,6 +319,20 @@ def test_output_has_as_many_frames_as_the_input(codecs, mode, n):
     assert sum(len(g.stills) for g in gops2) == {"t2v": 0, "i2v": 1, "flf2v": n_gops + 1}[mode]
 
 
+@pytest.mark.parametrize("mode", ["t2v", "flf2v"])
+def test_a_tail_residual_is_defined_in_every_mode(codecs, mode):
+    # gvcc's encoder sends the residual in i2v only, but the format defines it in every mode (bitstream.py
+    # section 6): a t2v or flf2v stream that carries one decodes to the encoder's reconstruction, corrected
+    frames = synthetic_clip(9, 16, 8)
+    hdr = dataclasses.replace(header(mode, 9), residual=1)
+    gops, recon = gvcc.code_clip(codecs[mode], hdr, frames)
+    hdr2, gops2 = bitstream.read_stream(bitstream.write_stream(hdr, gops))
+    _, decoded = gvcc.code_clip(codecs[mode], hdr2, gops=gops2)
+    assert np.array_equal(decoded, recon) and all(len(g.residual) > 64 for g in gops2)
+    _, plain = gvcc.code_clip(codecs[mode], dataclasses.replace(hdr, residual=0), frames)
+    assert not np.array_equal(plain, recon)
+
+
 # ==================================================================================================
 # 3. Rate accounting: what `gvcc.py info` prints adds up to the file
 # ==================================================================================================

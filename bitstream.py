@@ -1,4 +1,4 @@
-"""The gvcc bitstream, format version 2: the specification, and a reader and writer for it.
+"""The gvcc bitstream, format version 3: the specification, and a reader and writer for it.
 
 This docstring is the format specification. Only the decoder is normative: a stream is valid when a decoder that
 follows section 9 accepts it. The code below implements this text and cites its sections. It imports only the
@@ -25,7 +25,7 @@ when the mode allows it (section 9.1).
   written u(n), is therefore stored MSB first. When it is byte aligned and n is a multiple of 8 this is
   big-endian byte order. Every field outside the codebook section (section 5.3) is byte aligned and a whole
   number of bytes long.
-- f(n): n bits with a fixed value, always zero in version 2.
+- f(n): n bits with a fixed value, always zero in version 3.
 - b(8*n): a string of n bytes, copied as is.
 - The one exception to big-endian order is the residual blob (section 6). Its float32 scales are little-endian
   IEEE 754 binary32, as numpy writes '<f4', and its 16-bit values are little-endian too.
@@ -62,8 +62,9 @@ Nothing may follow the last GOP.
     offset  size  element             descriptor   value
     ------  ----  ------------------  -----------  ---------------------------------------------------------
        0      4   magic               b(32)        "GVCC" (47 56 43 43)
-       4      1   version             u(8)         2 (a version 1 stream, written by gvcc before the changes of
-                                                   version 2 below, is refused: re-encode its source)
+       4      1   version             u(8)         3 (an older stream is refused: re-encode its source; version 3
+                                                   added dit_period, version 2 the text context length, the
+                                                   residual bit depth and lossless stills)
        5      1   mode                u(8)         0 = t2v, 1 = i2v, 2 = flf2v
        6      -   residual            u(1)         1: every GOP carries a tail latent residual (bit 7 of byte 6)
        6      -   precision           u(1)         network precision of the encoder (bit 6 of byte 6): 0 = float32,
@@ -102,7 +103,9 @@ Nothing may follow the last GOP.
                                                    tokens are cut to text_len - 1 plus EOS
       66      1   residual_bits       u(8)         bits per value of the tail residual: 4, 8 or 16 (the encoder
                                                    writes 8 when residual = 0)
-      67      1   reserved_zero       f(8)         0
+      67      1   dit_period          u(8)         model-call schedule, 1..8: an SDE step k with k % dit_period
+                                                   != 0 does not call the model and reuses its last clean
+                                                   estimate (gvcc.py, "Model-call schedule"); 1 = every step
       68      4   first_gop           u(32)        index of the first GOP this file holds (0 in a complete stream)
       72      4   gop_count           u(32)        number of GOPs this file holds, >= 1
       76      4   clip_crc            u(32)        identifies the source clip (section 11); not used to decode
@@ -268,6 +271,7 @@ unpacked one (step, latent frame) at a time, when the GOP is decoded.
     fps_num, fps_den                  1 .. 2^32 - 1;  still_quality 0 .. 100 (0 in t2v and with still_lossless)
     still_lossless                    0 .. 1 (0 in t2v)
     generator                         1 .. 65535
+    dit_period                        1 .. 8
 
 
 9. Decoder obligations (normative)
@@ -363,7 +367,7 @@ from typing import NamedTuple
 # ==================================================================================================
 
 MAGIC = b"GVCC"
-VERSION = 2
+VERSION = 3
 MODES = ("t2v", "i2v", "flf2v")          # mode field value -> name
 
 MAX_SRC_SIZE = 65535
@@ -383,6 +387,7 @@ RESIDUAL_BITS = (4, 8, 16)
 MAX_TEXT_LEN = 4096
 MAX_GOP_SIZE = 1 << 30
 MAX_Q = 10 ** 6                          # g_scale_q, shift_q
+MAX_DIT_PERIOD = 8
 
 # The 64 bytes after the magic are fixed-width fields: (element, size in bytes), in file order, each u(8*size).
 # Byte 6 ("flags") holds residual u(1), precision u(1), still_lossless u(1) and reserved_zero f(5).
@@ -393,7 +398,7 @@ HEADER_FIELDS = (
     ("gop_frames", 2), ("frames", 4), ("fps_num", 4), ("fps_den", 4),
     ("steps", 2), ("tail_steps", 2), ("g_scale_q", 4), ("shift_q", 4),
     ("K", 4), ("M", 2), ("M_tail", 2), ("tail_frames", 1),
-    ("model_len", 1), ("prompt_len", 2), ("seed", 4), ("text_len", 2), ("residual_bits", 1), ("reserved", 1),
+    ("model_len", 1), ("prompt_len", 2), ("seed", 4), ("text_len", 2), ("residual_bits", 1), ("dit_period", 1),
     ("first_gop", 4), ("gop_count", 4), ("clip_crc", 4),
 )
 FIXED_HEADER_BYTES = 80                  # magic + HEADER_FIELDS
@@ -442,6 +447,7 @@ class Header:
     first_gop: int = 0       # first GOP the file holds (0 in a complete stream)
     gop_count: int = None    # GOPs the file holds; None (written as NumGops - first_gop): through the last GOP
     clip_crc: int = 0        # identifies the source clip (spec section 11)
+    dit_period: int = 1      # SDE steps k with k % dit_period != 0 reuse the model's last x0 estimate (gvcc.py)
 
 
 @dataclass
@@ -511,6 +517,7 @@ def check_header(h):
     _check_range("residual", h.residual, 0, 1)
     _check_range("precision", h.precision, 0, 1)
     _check_range("text_len", h.text_len, 1, MAX_TEXT_LEN)
+    _check_range("dit_period", h.dit_period, 1, MAX_DIT_PERIOD)
     if h.residual_bits not in RESIDUAL_BITS:
         raise BitstreamError(f"header: residual_bits = {h.residual_bits!r} is not one of 4, 8, 16")
     n_gops = num_gops(h)
@@ -799,7 +806,7 @@ def write_header(header):
     values = {name: getattr(header, name, None) for name, _ in HEADER_FIELDS}
     values.update(version=VERSION, mode=MODES.index(header.mode),
                   flags=header.residual << 7 | header.precision << 6 | header.still_lossless << 5,
-                  model_len=len(model), prompt_len=len(prompt), reserved=0, gop_count=len(gop_range(header)))
+                  model_len=len(model), prompt_len=len(prompt), gop_count=len(gop_range(header)))
     out = MAGIC + b"".join(_u(values[name], size) for name, size in HEADER_FIELDS) + model + prompt
     return out + _u(zlib.crc32(out), 4)
 
@@ -956,9 +963,8 @@ def _read_header(data):
         raise BitstreamError(f"header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
     if raw["mode"] >= len(MODES):
         raise BitstreamError(f"header: unknown mode {raw['mode']}")
-    if raw["flags"] & 0x1F or raw["reserved"]:
-        raise BitstreamError(f"header: reserved bits are not zero (flags byte {raw['flags']:#04x}, "
-                             f"reserved byte {raw['reserved']:#04x})")
+    if raw["flags"] & 0x1F:
+        raise BitstreamError(f"header: reserved bits are not zero (flags byte {raw['flags']:#04x})")
     model = bytes(data[FIXED_HEADER_BYTES:FIXED_HEADER_BYTES + raw["model_len"]])
     if any(not 0x21 <= ch <= 0x7E for ch in model) or not model:
         raise BitstreamError(f"header: model name {model!r} is not 1..{MAX_MODEL_LEN} printable ASCII characters")

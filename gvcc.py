@@ -393,11 +393,21 @@ class SamplerSettings:
     K: int              # atoms per codebook
     seed: int           # generator seed (u32)
     generator: int = GENERATOR_IID   # codebook: 1 = i.i.d. atoms, 2 = shifts of one vector (header `generator`)
+    dit_period: int = 1  # SDE steps k with k % dit_period != 0 reuse the last call's x0 estimate (header)
 
     @property
     def sde_steps(self):
         """Steps with a codebook innovation: all but the tail, and never the last step (it lands on t = 0)."""
         return min(self.steps - self.tail_steps, self.steps - 1)
+
+    def calls_model(self, k):
+        """Whether step k calls the DiT: every ODE tail step, and the SDE steps k with k % dit_period = 0."""
+        return k >= self.sde_steps or k % self.dit_period == 0
+
+    @property
+    def model_calls(self):
+        """DiT forwards per GOP."""
+        return sum(self.calls_model(k) for k in range(self.steps))
 
 
 def run_gop(velocity, settings, shape, choose, device="cpu", on_step=None):
@@ -405,13 +415,20 @@ def run_gop(velocity, settings, shape, choose, device="cpu", on_step=None):
 
     velocity(x, t) -> u is the model. At SDE step j, choose(j, f, x0_hat_f) gives the (indices, signs) of
     latent frame f: the encoder matches against the true latent, the decoder reads them from the stream.
-    Both then build the innovation with the same function, so both compute the same floats.
+    Both then build the innovation with the same function, so both compute the same floats. A step that does
+    not call the model (settings.calls_model) takes the velocity that keeps the last call's clean estimate:
+    u = (x - x0_cache) / t (the docstring's "Model-call schedule").
     """
     grid = time_grid(settings.steps, settings.shift)
     x = initial_noise(settings.seed, shape, device)                            # [C, F, h, w]
+    x0_cache = None
     for k in range(settings.steps):
         t, dt = grid[k], grid[k] - grid[k + 1]
-        u = velocity(x, t)                                                     # [C, F, h, w]
+        if settings.calls_model(k):
+            u = velocity(x, t)                                                 # [C, F, h, w]
+            x0_cache = x - t * u                                               # [C, F, h, w]
+        else:
+            u = (x - x0_cache) / t                                             # [C, F, h, w]
         if k < settings.sde_steps:
             x0_hat = x - t * u
             build = INNOVATIONS[settings.generator]
@@ -613,12 +630,24 @@ class ModelSpec:
     t5_file: str
     clip: str = None    # wan_model.CLIP_CONFIGS name (i2v, flf2v)
     clip_file: str = None
+    K: int = 16384      # encode's default atoms per codebook (the paper's)
+    M: int = None       # encode's default atoms per step and latent frame (None: the paper's 64, 80 above 720p)
+    M_tail: int = None  # i2v's default atoms in the last 2 latent frames (None: the paper's 128)
+    steps: int = 20     # encode's default sampler steps (the paper's)
+    still_quality: int = 60     # encode's default AVIF quality of i2v / flf2v stills
+    builtin: bool = False   # the files ship in the repository's demo/ folder (used when --weights is not given)
 
 
 _REAL = dict(vae="wan2.1", vae_file="wan_2.1_vae.safetensors", t5="umt5-xxl", t5_file="umt5_xxl_fp16.safetensors")
 _REAL_CLIP = dict(clip="vit-h-14", clip_file="clip_vision_h.safetensors")
 _TINY = dict(vae="tiny", vae_file="tiny_vae.safetensors", t5="tiny", t5_file="tiny_umt5.safetensors")
 _TINY_CLIP = dict(clip="tiny", clip_file="tiny_clip_vision.safetensors")
+# gvcc's demo models (bench/train_demo.py; README, "The demo models"): a small trained VAE and DiTs with the tiny
+# text and image encoders, and defaults for their working size (about 160x96): a codebook of 1024 atoms, 8 per
+# step and latent frame, which puts a 33-frame GOP at about 0.02 bpp, the paper's range.
+DEMO_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
+_DEMO = dict(vae="demo", vae_file="demo_vae.safetensors", t5="tiny", t5_file="tiny_umt5.safetensors",
+             K=1024, M=8, M_tail=16, still_quality=40, builtin=True)
 
 MODELS = {
     "t2v-1.3B": ModelSpec("t2v", "t2v-1.3B", "wan2.1_t2v_1.3B_fp32.safetensors", **_REAL),
@@ -631,6 +660,10 @@ MODELS = {
     "tiny-t2v": ModelSpec("t2v", "tiny-t2v", "tiny_t2v.safetensors", **_TINY),
     "tiny-i2v": ModelSpec("i2v", "tiny-i2v", "tiny_i2v.safetensors", **_TINY, **_TINY_CLIP),
     "tiny-flf2v": ModelSpec("flf2v", "tiny-flf2v", "tiny_flf2v.safetensors", **_TINY, **_TINY_CLIP),
+    # Small trained models that ship with gvcc: real reconstructions on a CPU, without a download.
+    "demo-t2v": ModelSpec("t2v", "demo-t2v", "demo_t2v.safetensors", **_DEMO),
+    "demo-i2v": ModelSpec("i2v", "demo-i2v", "demo_i2v.safetensors", **_DEMO, **_TINY_CLIP),
+    "demo-flf2v": ModelSpec("flf2v", "demo-flf2v", "demo_flf2v.safetensors", **_DEMO, **_TINY_CLIP),
 }
 DEFAULT_MODEL = {"t2v": "t2v-1.3B", "i2v": "i2v-14B-720P", "flf2v": "flf2v-14B-720P"}
 
@@ -650,6 +683,16 @@ FINGERPRINT_KEYS = {
 
 class GvccError(Exception):
     """A user-facing error: bad parameters, a mismatched model, an unusable input (one-line message)."""
+
+
+def weights_folder(weights, spec):
+    """The folder a model's files are read from: --weights if given, else demo/ for the demo models, else
+    $GVCC_WEIGHTS or ./weights."""
+    if weights:
+        return weights
+    if spec is not None and spec.builtin:
+        return DEMO_WEIGHTS
+    return os.environ.get("GVCC_WEIGHTS", "weights")
 
 
 def model_paths(spec, weights_dir):
@@ -931,9 +974,18 @@ def still_frames(hdr, g, info):
     return {"t2v": [], "i2v": first, "flf2v": first + [last]}[hdr.mode]
 
 
+# encode --speed: the model-call schedule (header dit_period) and the step counts it implies unless given.
+SPEEDS = {
+    "paper": dict(dit_period=1),
+    "fast": dict(dit_period=2),
+    "fastest": dict(dit_period=2, steps=10, tail_steps=2),
+}
+
+
 def settings_of(hdr):
     return SamplerSettings(steps=hdr.steps, tail_steps=hdr.tail_steps, g_scale=hdr.g_scale_q / 1000.0,
-                           shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed, generator=hdr.generator)
+                           shift=hdr.shift_q / 1000.0, K=hdr.K, seed=hdr.seed, generator=hdr.generator,
+                           dit_period=hdr.dit_period)
 
 
 def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
@@ -1305,6 +1357,7 @@ def cmd_encode(args):
     if spec_name not in MODELS:
         raise GvccError(f"unknown model '{spec_name}' (known: {', '.join(MODELS)})")
     spec = MODELS[spec_name]
+    args.weights = weights_folder(args.weights, spec)
     mode = args.mode or spec.mode
     if mode != spec.mode:
         raise GvccError(f"{spec.mode} model {spec_name} cannot code --mode {mode}; use one of "
@@ -1337,17 +1390,22 @@ def encode_video(args, video, spec_name, spec, mode, device):
         raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
     if args.gop < 5 or (args.gop - 1) % 4:
         raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
+    args.K = spec.K if args.K is None else args.K
+    speed = SPEEDS[args.speed]
+    args.steps = speed.get("steps", spec.steps) if args.steps is None else args.steps
+    args.tail_steps = speed.get("tail_steps", 3) if args.tail_steps is None else args.tail_steps
     if not 0 <= args.tail_steps <= args.steps or args.steps < 1:
         raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: need 0 <= tail <= steps, steps >= 1")
     rate_target = args.bpp is not None or args.kbps is not None
-    default_m = 64 if width * height <= 1280 * 720 else 80
+    default_m = spec.M or (64 if width * height <= 1280 * 720 else 80)
     m = args.M if args.M is not None else 1 if rate_target else default_m      # a rate target picks M below
     if not 1 <= m <= args.K:
         raise GvccError(f"-M {m} must be between 1 and K = {args.K}")
     tail_frames = 2 if mode == "i2v" else 0
     if args.m_tail is not None and not tail_frames:
         raise GvccError("--m-tail applies to i2v only (the atoms of its last 2 latent frames)")
-    m_tail = args.m_tail if args.m_tail is not None else (min(max(128, m), max(m, args.K // 2)) if tail_frames else m)
+    m_tail = args.m_tail if args.m_tail is not None else \
+        (min(max(spec.M_tail or 128, m), max(m, args.K // 2)) if tail_frames else m)
     if not m <= m_tail <= args.K:
         raise GvccError(f"--m-tail {m_tail} must be between M = {m} and K = {args.K}")
     if args.residual_bits is not None and mode != "i2v":
@@ -1356,7 +1414,8 @@ def encode_video(args, video, spec_name, spec, mode, device):
     lossless = args.still_quality == "lossless"
     if lossless and mode == "t2v":
         raise GvccError("--still-quality lossless applies to i2v and flf2v (t2v codes no still frames)")
-    still_quality = 0 if lossless or mode == "t2v" else int(args.still_quality)
+    still_quality = 0 if lossless or mode == "t2v" else \
+        int(args.still_quality if args.still_quality is not None else spec.still_quality)
     fps = video.fps
     precision = args.precision or default_precision(device)
     hdr = bitstream.Header(
@@ -1368,7 +1427,7 @@ def encode_video(args, video, spec_name, spec, mode, device):
         M=m, M_tail=m_tail, tail_frames=tail_frames, seed=args.seed, still_quality=still_quality,
         still_lossless=int(lossless), residual=int(mode == "i2v" and residual_bits > 0),
         residual_bits=residual_bits or 8, prompt=args.prompt, precision=PRECISIONS.index(precision),
-        text_len=args.text_len)
+        text_len=args.text_len, dit_period=speed["dit_period"])
     bitstream.check_header(hdr)             # every field within the format's limits before any work
     check_codebook(hdr)
     pixels = src_w * src_h * n
@@ -1671,6 +1730,7 @@ def cmd_decode(args):
     media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
     stream = read_stream_file(args.input)
     hdr = stream.header
+    args.weights = weights_folder(args.weights, MODELS.get(hdr.model))
     indices, frames = decode_span(hdr, args.gops, args.frames)
     spec, precision = check_decode(stream, args)
     paths = model_paths(spec, args.weights)
@@ -1784,6 +1844,11 @@ def cmd_info(args):
             repr(value) if isinstance(value, str) else value
         print(f"  {key:18s} {shown}")
     print(f"  {'g_scale, shift':18s} {hdr.g_scale_q / 1000:g}, {hdr.shift_q / 1000:g}")
+    settings = settings_of(hdr)
+    calls = [k for k in range(hdr.steps) if settings.calls_model(k)]
+    print(f"  {'schedule':18s} {settings.model_calls} model calls per GOP of {hdr.steps} steps, at steps "
+          f"{', '.join(map(str, calls))}; SDE steps 0..{settings.sde_steps - 1}, ODE tail "
+          f"{settings.sde_steps}..{hdr.steps - 1}")
     print()
     print(f"{'GOP':>4} {'frames':>12} {'codebook B':>11} {'stills B':>9} {'residual B':>11} "
           f"{'framing B':>10} {'total B':>9} {'bpp':>9} {'paper bits':>11} {'paper bpp':>10}")
@@ -1888,8 +1953,8 @@ def build_parser():
         media.add_range_arguments(q)
 
     def add_runtime_flags(q):
-        q.add_argument("--weights", default=os.environ.get("GVCC_WEIGHTS", "weights"),
-                       help="folder with the weight files (default $GVCC_WEIGHTS or ./weights)")
+        q.add_argument("--weights", help="folder with the weight files (default: demo/ in gvcc's folder for the "
+                                         "demo models, else $GVCC_WEIGHTS or ./weights)")
         q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
         q.add_argument("--precision", choices=("fp32", "bf16"),
                        help="network precision (default: fp32 on cpu, bf16 on cuda; decode: the encoder's)")
@@ -1907,14 +1972,19 @@ def build_parser():
     e.add_argument("--mode", choices=("t2v", "i2v", "flf2v"), help="default: the model's mode (t2v)")
     e.add_argument("--model", help=f"one of {', '.join(MODELS)} (default per mode: {DEFAULT_MODEL})")
     rate = e.add_mutually_exclusive_group()
-    rate.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p)")
-    e.add_argument("-K", type=int, default=16384, help="atoms per codebook (default 16384)")
+    rate.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p; demo "
+                                           "models 8)")
+    e.add_argument("-K", type=int, help="atoms per codebook (default 16384; demo models 1024)")
     e.add_argument("--codebook", choices=tuple(CODEBOOKS), default="iid",
                    help="iid: the paper's i.i.d. Gaussian atoms (default); shift: circular shifts of one "
                         "Gaussian vector, matched by FFT (much faster to encode, K <= D)")
-    e.add_argument("--m-tail", type=int, help="i2v: atoms in the last 2 latent frames (default 128)")
-    e.add_argument("--steps", type=int, default=20, help="sampler steps T (default 20)")
-    e.add_argument("--tail-steps", type=int, default=3, help="final ODE steps without bits (default 3)")
+    e.add_argument("--m-tail", type=int, help="i2v: atoms in the last 2 latent frames (default 128; demo 16)")
+    e.add_argument("--speed", choices=tuple(SPEEDS), default="paper",
+                   help="model-call schedule, written into the stream: paper (the DiT at every step, 20 steps), "
+                        "fast (every other SDE step reuses the last clean estimate: 12 DiT calls per GOP), "
+                        "fastest (the same on 10 steps: 6 calls) (default paper)")
+    e.add_argument("--steps", type=int, help="sampler steps T (default 20; --speed fastest 10)")
+    e.add_argument("--tail-steps", type=int, help="final ODE steps without bits (default 3; --speed fastest 2)")
     e.add_argument("--g-scale", type=finite_float, default=3.0, help="SDE diffusion scale, g_t = g t^2 (default 3)")
     e.add_argument("--shift", type=finite_float,
                    help="time-grid shift (default 3; i2v/flf2v above 480 working rows: 5, the authors' rule)")
@@ -1922,9 +1992,9 @@ def build_parser():
     e.add_argument("--prompt", default="", help="text prompt, stored in the stream (default empty)")
     e.add_argument("--size", metavar="WxH", help="resize (Lanczos) to this working size; decoder outputs it")
     e.add_argument("--seed", type=int, default=42, help="generator seed, 0..2^32-1 (default 42)")
-    e.add_argument("--still-quality", type=still_quality_arg, default=60,
+    e.add_argument("--still-quality", type=still_quality_arg,
                    help="i2v/flf2v: AVIF quality of the still frames, 0..100, or 'lossless' (PNG stills: the I2V "
-                        "first frame then equals the source, as in the authors' runs) (default 60)")
+                        "first frame then equals the source, as in the authors' runs) (default 60; demo models 40)")
     e.add_argument("--residual-bits", type=int, choices=(0, 4, 8, 16),
                    help="i2v: bits of the tail latent residual quantiser, 0 = no residual (default 8)")
     e.add_argument("--text-len", type=int, default=512,

@@ -106,7 +106,7 @@ TINY_GOPS = [
 
 TINY_HEADER_BYTES = bytes.fromhex(
     "47564343"      # magic "GVCC"
-    "02"            # version 2
+    "03"            # version 3
     "01"            # mode 1 = i2v
     "80"            # residual u(1) = 1, precision u(1) = 0, still_lossless u(1) = 0, reserved_zero f(5)
     "32"            # still_quality 50
@@ -129,11 +129,11 @@ TINY_HEADER_BYTES = bytes.fromhex(
     "0000002a"      # seed 42
     "00e2"          # text_len 226
     "08"            # residual_bits 8
-    "00"            # reserved_zero f(8)
+    "01"            # dit_period 1
     "00000000"      # first_gop 0
     "00000002"      # gop_count 2 (a complete stream)
     "c0ffee01"      # clip_crc
-) + b"tiny-i2v" + b"a\xc3\xa9" + bytes.fromhex("923ca273")       # model, prompt (UTF-8), header_crc
+) + b"tiny-i2v" + b"a\xc3\xa9" + bytes.fromhex("bee4fb20")       # model, prompt (UTF-8), header_crc
 
 # GOP 0 codebook, 10 bits: frame 0 (m = 1, C(5,1) = 5, 3 rank bits): {3} -> 011, sign - -> 1;
 # frame 1 (m = 2, C(5,2) = 10, 4 rank bits): {1,3} -> rank 5 = 0101, signs +- -> 01. 0111 0101 01|00 0000 = 75 40.
@@ -574,7 +574,7 @@ FORGED_HEADER_FIELDS = [
     (38, 2, 3, "tail_steps"), (48, 4, 0xFFFFFFFF, "K"), (52, 2, 0xFFFF, "M"), (54, 2, 0, "M_tail"),
     (56, 1, 0xFF, "tail_frames"), (57, 1, 0xFF, "model_len"), (58, 2, 0xFFFF, "prompt_len"),
     (58, 2, 16384, "truncated"), (64, 2, 0, "text_len"), (64, 2, 4097, "text_len"), (66, 1, 7, "residual_bits"),
-    (66, 1, 0, "residual_bits"), (67, 1, 1, "reserved"), (68, 4, 1, "first_gop"), (72, 4, 0, "gop_count"),
+    (66, 1, 0, "residual_bits"), (67, 1, 0, "dit_period"), (67, 1, 9, "dit_period"), (68, 4, 1, "first_gop"), (72, 4, 0, "gop_count"),
     (72, 4, 3, "gop_count"), (80, 1, 0x20, "model name"), (88, 2, 0xC328, "UTF-8"),
 ]
 
@@ -625,9 +625,10 @@ def test_error_messages():
         return message
 
     assert "bad magic" in error(b"\x1aE\xdf\xa3" + TINY_STREAM[4:])
-    assert "version 3" in error(TINY_STREAM[:4] + b"\x03" + TINY_STREAM[5:])
-    v1 = error(TINY_STREAM[:4] + b"\x01" + TINY_STREAM[5:])
-    assert "version 1" in v1 and "older gvcc" in v1 and "re-encode" in v1
+    assert "version 4" in error(TINY_STREAM[:4] + b"\x04" + TINY_STREAM[5:])
+    for old in (1, 2):
+        message = error(TINY_STREAM[:4] + bytes([old]) + TINY_STREAM[5:])
+        assert f"version {old}" in message and "older gvcc" in message and "re-encode" in message
     assert "truncated" in error(TINY_STREAM[:40]) and "offset 0" in error(TINY_STREAM[:40])
     last = bytearray(TINY_STREAM)
     last[-6] ^= 0x01                                   # inside GOP 1's codebook

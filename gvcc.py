@@ -196,6 +196,24 @@ once in float64); std = sqrt(v / (D - 1)) in float64, then rounded to float32; e
 float32 division. If std <= 2^-12 max_e |z_e| (both float32, the scaling exact), z is constant up to rounding
 (possible with generator 2 when K = M = D and all signs agree) and the innovation is z = 0, never a huge vector,
 inf or NaN. A real innovation has std near max |z| / 4.
+
+Model-call schedule (header `dit_period`; `encode --speed`)
+----------------------------------------------------------
+A GOP's cost is its DiT calls. The header's integer dit_period P (1..8) fixes which steps call the model:
+step k calls it when k >= T_sde (every ODE tail step) or k % P == 0, so P = 1 is the paper's sampler. A step
+that does not call it reuses the clean estimate of the last call, x0_cache = x_j - t_j u_j (j the last step
+that called), and takes the velocity that keeps that estimate at its own state:
+        u = (x - x0_cache) / t                   (float32 tensor ops, t the grid's float64 value)
+after which the step is the same as any other: x0_hat = x - t u, the codebook symbols of that step (the encoder
+matches against x0 - x0_hat, which is x0_cache up to rounding), the SDE or ODE update. Skipped steps carry their
+symbols: the rate does not change, only the DiT work. The decision is a fixed function of k and the header, never
+of a float value, so every decoder takes the same branch (a TeaCache-style threshold could not be decoded on
+other hardware). This is the authors' "x0-cache" of GVCCTurbo (CCdydy/GVCCTurbo_ini), signalled in the stream.
+    --speed paper     P = 1, T = 20, 3 tail steps: 20 DiT calls per GOP (the paper's)
+    --speed fast      P = 2, T = 20, 3 tail steps: calls at steps 0, 2, ..., 16 and 17, 18, 19: 12 calls
+    --speed fastest   P = 2, T = 10, 2 tail steps: calls at steps 0, 2, 4, 6 and 8, 9: 6 calls
+`--steps` and `--tail-steps` override a preset's step counts. Fewer steps (fastest) also means fewer SDE steps,
+so fewer bits at the same M: compare presets at equal rate (bench/bench_schedule.py does).
 """
 import argparse
 import functools
@@ -427,7 +445,7 @@ def run_gop(velocity, settings, shape, choose, device="cpu", on_step=None):
         if settings.calls_model(k):
             u = velocity(x, t)                                                 # [C, F, h, w]
             x0_cache = x - t * u                                               # [C, F, h, w]
-        else:
+        else:                                   # reuse: the velocity that keeps the last clean estimate
             u = (x - x0_cache) / t                                             # [C, F, h, w]
         if k < settings.sde_steps:
             x0_hat = x - t * u

@@ -112,7 +112,8 @@ def _philox_gaussian32(c0, c1, c2, c3, keys):
 
 
 FUSED_BLOCK = 1 << 16           # counters per compiled call: one static shape, one compilation per process
-FUSED_MIN_COUNTERS = 1 << 20    # smaller requests stay eager (the first compilation takes about a minute)
+FUSED_MIN_COUNTERS = 1 << 19    # smaller requests stay eager (the first compilation takes about a minute;
+                                # from 2^19 counters, a demo model's codebook, compiling pays off in one GOP)
 _fused_cpu = {}                 # "fn": the compiled philox_gaussian, "ok": whether it passed the check
 
 

@@ -1244,6 +1244,21 @@ def _avg_pool2(x):
     return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
 
 
+def ssim(ref, dec):
+    """Single-scale SSIM of uint8 RGB frames: MS-SSIM's finest scale alone (the same 11-tap Gaussian window,
+    constants and channel mean), per frame; defined for frames of at least 11 pixels per side, where MS-SSIM's
+    five scales need 161 (gvcc's demo models work at 64-144 rows)."""
+    g = _gauss_1d()
+    c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
+
+    def one(r, d):
+        if min(r.shape[:2]) < 11:
+            raise ValueError(f"SSIM needs frames of at least 11 pixels per side, got {r.shape[1]}x{r.shape[0]}")
+        return float(np.mean([_ssim_terms(r[..., ch].astype(np.float64) / 255.0, d[..., ch].astype(np.float64) / 255.0,
+                                          g, c1, c2)[0] for ch in range(3)]))
+    return _per_frame(one, ref, dec)
+
+
 def ms_ssim(ref, dec):
     """MS-SSIM of uint8 RGB frames (see the module docstring): per frame, 1.0 for identical frames."""
     g = _gauss_1d()

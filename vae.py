@@ -80,6 +80,7 @@ class VAEConfig:
 VAE_CONFIGS = {
     "wan2.1": VAEConfig(),
     "tiny": VAEConfig(dim=8),  # same key names; z_dim stays 16 so the per-channel normalisation applies
+    "demo": VAEConfig(dim=16),  # gvcc's small trained VAE (bench/train_demo.py): levels 16, 32, 64, 64
 }
 
 # dtype of the real file gvcc fetches (Comfy-Org wan_2.1_vae.safetensors, 16-bit); tiny files use the same.

@@ -282,6 +282,8 @@ _WAN14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 # tiny presets: same key names, sized so a forward on a 9x8x8 latent takes milliseconds on a CPU; text_dim and
 # clip_dim are the widths of the tiny UMT5 and tiny CLIP presets below, clip_tokens = (56/14)^2 + 1.
 _TINY = dict(dim=64, ffn_dim=96, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, clip_dim=32, clip_tokens=17)
+# demo presets: gvcc's own small trained DiTs (bench/train_demo.py), with the tiny text and image encoders
+_DEMO = dict(dim=128, ffn_dim=384, num_heads=2, num_layers=6, text_dim=32, clip_dim=32, clip_tokens=17)
 DIT_CONFIGS = {
     "t2v-1.3B": DiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16),
     "t2v-14B": DiTConfig("t2v", in_dim=16, **_WAN14B),
@@ -291,6 +293,9 @@ DIT_CONFIGS = {
     "tiny-t2v": DiTConfig("t2v", in_dim=16, **_TINY),
     "tiny-i2v": DiTConfig("i2v", in_dim=36, **_TINY),
     "tiny-flf2v": DiTConfig("flf2v", in_dim=36, **_TINY),
+    "demo-t2v": DiTConfig("t2v", in_dim=16, **_DEMO),
+    "demo-i2v": DiTConfig("i2v", in_dim=36, **_DEMO),
+    "demo-flf2v": DiTConfig("flf2v", in_dim=36, **_DEMO),
 }
 
 

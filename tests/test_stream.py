@@ -82,7 +82,8 @@ def test_i2v_has_no_random_access_and_says_why(clip, tiny_weights, tmp_path):
 
 
 def test_bad_spans_are_clean_errors(clip, tiny_weights, tmp_path, capsys):
-    for span, words in (("2:1", "START < STOP"), ("0:9", "the clip has 2 GOPs"), ("a:b", "START:STOP")):
+    for span, words in (("2:1", "START must be below STOP"), ("0:9", "the clip holds GOPs 0:2"),
+                        ("a:b", "START:STOP")):
         assert gvcc.main(["encode", clip, str(tmp_path / "p.gvcc"), "--weights", tiny_weights, *FAST,
                           "--model", "tiny-t2v", "--gops", span]) == 1
         err = capsys.readouterr().err

@@ -1697,12 +1697,12 @@ def check_encode_options(args, mode):
     option's own domain is checked as the command line is parsed: build_parser's types.)"""
     if (args.gop - 1) % 4:
         raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
-    if args.tail_steps >= args.steps:
-        # SdeSteps = min(steps - tail_steps, steps - 1) = 0: a stream without one codebook symbol
+    if min(args.steps - args.tail_steps, args.steps - 1) < 1:
+        # SdeSteps = 0 (bitstream.py 5.2): a stream without one codebook symbol, which codes nothing of the source
         raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: no SDE step would carry a symbol; "
                         f"need tail steps below steps (e.g. --tail-steps {args.steps - 1})" if args.steps > 1 else
-                        f"--steps {args.steps}: the last step is an ODE step, so no step would carry a symbol; "
-                        f"need --steps 2 or more")
+                        f"--steps {args.steps}: its one step is the final ODE step, so no step would carry a "
+                        f"symbol; need --steps 2 or more")
     if args.M is not None and args.K is not None and args.M > args.K:
         raise GvccError(f"-M {args.M} must be between 1 and K = {args.K}")
     if args.m_tail is not None and mode != "i2v":

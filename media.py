@@ -1698,6 +1698,8 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     out = out or sys.stdout
     if json_out is not None:            # before reading anything: a bad target must not cost the whole eval
         check_target(json_out, overwrite=overwrite, inputs=(ref, dec, bitstream))
+    if bitstream is not None and not os.path.isfile(bitstream):
+        raise MediaError(f"{bitstream}: no such file")
     r = _read(ref, size=size, fps=fps, limited_range=limited_range, frames=frames)
     d = _read(dec, size=size, fps=fps, limited_range=limited_range, frames=frames)
     rate_fps = r.fps or d.fps

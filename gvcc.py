@@ -2438,7 +2438,8 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_input_flags(q):
-        q.add_argument("--yuv-size", type=Size(), metavar="WxH", help="frame size of a raw .yuv input (I420, 8-bit)")
+        q.add_argument("--yuv-size", type=Size(), metavar="WxH",
+                       help="frame size of a raw .yuv input (I420, 8-bit)")
         q.add_argument("--fps", type=Rate(), help="frame rate of inputs without one (.yuv; images: 25 as in ffmpeg), "
                                                   "or to override the file's (e.g. 30000/1001)")
         media.add_range_arguments(q)
@@ -2468,12 +2469,15 @@ def build_parser():
     e.add_argument("--mode", choices=("t2v", "i2v", "flf2v"), help="default: the model's mode (t2v)")
     e.add_argument("--model", type=Text(), help=f"one of {', '.join(MODELS)} (default per mode: {DEFAULT_MODEL})")
     rate = e.add_mutually_exclusive_group()
-    rate.add_argument("-M", type=Int(1, bitstream.MAX_M), help="atoms per step and latent frame (default 64, 80 above 720p)")
-    e.add_argument("-K", type=Int(bitstream.MIN_K, bitstream.MAX_K), default=16384, help="atoms per codebook (default 16384)")
+    rate.add_argument("-M", type=Int(1, bitstream.MAX_M),
+                      help="atoms per step and latent frame (default 64, 80 above 720p)")
+    e.add_argument("-K", type=Int(bitstream.MIN_K, bitstream.MAX_K), default=16384,
+                   help="atoms per codebook (default 16384)")
     e.add_argument("--codebook", choices=tuple(CODEBOOKS), default="iid",
                    help="iid: the paper's i.i.d. Gaussian atoms (default); shift: circular shifts of one "
                         "Gaussian vector, matched by FFT (much faster to encode, K <= D)")
-    e.add_argument("--m-tail", type=Int(1, bitstream.MAX_M), help="i2v: atoms in the last 2 latent frames (default 128)")
+    e.add_argument("--m-tail", type=Int(1, bitstream.MAX_M),
+                   help="i2v: atoms in the last 2 latent frames (default 128)")
     e.add_argument("--steps", type=Int(1, bitstream.MAX_STEPS), default=20, help="sampler steps T (default 20)")
     e.add_argument("--tail-steps", type=Int(0, bitstream.MAX_STEPS), default=3,
                    help="final ODE steps without bits, fewer than --steps (default 3)")
@@ -2482,9 +2486,11 @@ def build_parser():
                    help="SDE diffusion scale, g_t = g t^2 (default 3)")
     e.add_argument("--shift", type=Float(0.001, bitstream.MAX_Q / 1000),
                    help="time-grid shift (default 3; i2v/flf2v above 480 working rows: 5, the authors' rule)")
-    e.add_argument("--gop", type=Int(bitstream.MIN_GOP_FRAMES, bitstream.MAX_GOP_FRAMES), default=33, help="frames per GOP, 4k+1 (default 33)")
+    e.add_argument("--gop", type=Int(bitstream.MIN_GOP_FRAMES, bitstream.MAX_GOP_FRAMES), default=33,
+                   help="frames per GOP, 4k+1 (default 33)")
     e.add_argument("--prompt", type=Text(), default="", help="text prompt, stored in the stream (default empty)")
-    e.add_argument("--size", type=Size(), metavar="WxH", help="resize (Lanczos) to this working size; decoder outputs it")
+    e.add_argument("--size", type=Size(), metavar="WxH",
+                   help="resize (Lanczos) to this working size; decoder outputs it")
     e.add_argument("--seed", type=Int(0, 2 ** 32 - 1), default=42, help="generator seed, 0..2^32-1 (default 42)")
     e.add_argument("--still-quality", type=Int(0, 100, words=("lossless",)), default=60,
                    help="i2v/flf2v: AVIF quality of the still frames, 0..100, or 'lossless' (PNG stills: the I2V "
@@ -2501,16 +2507,18 @@ def build_parser():
                            "an i2v tail residual is known only after coding): picks M for you")
     rate.add_argument("--kbps", type=Float(0, above=True),
                       help="target kbit/s of the whole file at the source frame rate: picks M for you")
-    e.add_argument("--recon", type=Path("video"), metavar="FILE", help="also write the encoder's reconstruction (= the decoder's)")
-    e.add_argument("--gops", type=Span("GOPs"), metavar="A:B", help="encode only GOPs A..B-1 into a part stream, for `concat` "
-                                                 "(t2v, flf2v; i2v parts start at 0)")
+    e.add_argument("--recon", type=Path("video"), metavar="FILE",
+                   help="also write the encoder's reconstruction (= the decoder's)")
+    e.add_argument("--gops", type=Span("GOPs"), metavar="A:B",
+                   help="encode only GOPs A..B-1 into a part stream, for `concat` (t2v, flf2v; i2v parts start at 0)")
     add_input_flags(e)
     add_runtime_flags(e)
 
     d = sub.add_parser("decode", help="GVCC stream -> video (.mp4, .y4m or a PNG folder)")
     d.add_argument("input", type=Path("input"))
     d.add_argument("output", type=Path("video"))
-    d.add_argument("--verify", type=Md5(), metavar="MD5", help="fail unless the md5 of the decoded RGB frames is MD5")
+    d.add_argument("--verify", type=Md5(), metavar="MD5",
+                   help="fail unless the md5 of the decoded RGB frames is MD5")
     d.add_argument("--max-pixels", type=Int(1), default=MAX_PIXELS, metavar="N",
                    help=f"refuse streams whose frames have more pixels (default {MAX_PIXELS}, 1920x1088)")
     add_max_frames(d)
@@ -2518,8 +2526,10 @@ def build_parser():
                    help="refuse streams whose decode is estimated to need more memory (default: the memory "
                         "available now)")
     span = d.add_mutually_exclusive_group()
-    span.add_argument("--gops", type=Span("GOPs"), metavar="A:B", help="decode only GOPs A..B-1 (t2v, flf2v; `info` lists them)")
-    span.add_argument("--frames", type=Span("frames"), metavar="S:E", help="decode only frames S..E-1 (the GOPs that hold them)")
+    span.add_argument("--gops", type=Span("GOPs"), metavar="A:B",
+                      help="decode only GOPs A..B-1 (t2v, flf2v; `info` lists them)")
+    span.add_argument("--frames", type=Span("frames"), metavar="S:E",
+                      help="decode only frames S..E-1 (the GOPs that hold them)")
     add_runtime_flags(d)
 
     i = sub.add_parser("info", help="header and rate breakdown of a stream")

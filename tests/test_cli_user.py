@@ -98,10 +98,11 @@ def test_encode_never_writes_over_its_input(clip, tmp_path):
 
 def test_existing_outputs_need_y(clip, encoded, tiny_weights, tmp_path):
     stream, recon, _ = encoded
-    kept, video = str(tmp_path / "kept"), str(tmp_path / "kept.y4m")      # a name without extension is a PNG folder
+    kept, video = str(tmp_path / "kept"), str(tmp_path / "kept.y4m")  # a video output without extension: PNG folder
     for path in (kept, video):
         open(path, "wb").write(b"precious")
-    for args in (["encode", clip, kept, "-n", *TINY], ["encode", clip, str(tmp_path / "x.gvcc"), "--recon", video, *TINY],
+    for args in (["encode", clip, kept, "-n", *TINY],
+                 ["encode", clip, str(tmp_path / "x.gvcc"), "--recon", video, *TINY],
                  ["decode", stream, video, "--weights", tiny_weights], ["eval", clip, recon, "--json", kept]):
         clean_error(run(*args), "already exists", "-y")
     assert open(kept, "rb").read() == open(video, "rb").read() == b"precious"

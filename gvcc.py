@@ -1468,6 +1468,11 @@ def code_gops(codec, hdr, indices, source=None, gops=None, lead=None, on_step=No
 # ==================================================================================================
 # Command line
 # ==================================================================================================
+# Every command refuses bad input before any work, with one `gvcc: error:` line and exit status 1: each
+# argument's domain as the command line is parsed (the argument types at the end of this section); every output
+# name through one check, media.check_target (media.py, "Writing"); then what depends on the input: ranges against
+# the clip or stream (pick_span), the decoder's resource limits against the header before a GOP is read
+# (check_resources), and the stream's contents before a network loads (check_payload).
 
 class Progress:
     """What a long job is doing, on stderr: the GOP, its phase (reading the source or conditioning, sampling step k
@@ -1670,6 +1675,10 @@ def clip_crc(video, hdr):
     return crc
 
 
+# --------------------------------------------------------------------------------------------------
+# encode
+# --------------------------------------------------------------------------------------------------
+
 def cmd_encode(args):
     import media
     device = check_device(args.device)
@@ -1839,6 +1848,10 @@ def encode_video(args, video, spec_name, spec, mode, device):
               f" the tail residual ({residual} bytes) is known only after coding; give a lower target",
               file=sys.stderr)
 
+
+# --------------------------------------------------------------------------------------------------
+# Reading a stream: what a decoder checks before any network runs (decode, concat, info)
+# --------------------------------------------------------------------------------------------------
 
 def map_stream_file(path):
     """A stream file's bytes, memory-mapped, not read: its pages come from the page cache as they are visited.

@@ -42,7 +42,9 @@ counts the frames without converting or keeping any (seeking past .y4m / .yuv pi
 read(start, stop) converts the frames of one GOP at a time; stdin is spooled to a temporary file first.
 A 4:2:0 .mp4 cannot hold an odd width or height (H.264 crops in 2-pixel units), and gvcc never resizes behind the
 user's back: writing an odd size to .mp4 / .mkv / .yuv is a MediaError that names .y4m and PNG as the way out.
-Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end.
+Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end
+(VideoWriter, AtomicFile). Before any work, the command line checks every output name with check_target: a file
+or a folder of the kind expected, not an input, not existing without overwrite, in a writable folder.
 Long outputs stream: VideoWriter appends frames as they come (the decoder writes each GOP as it is decoded);
 write_video is its whole-array form, so both write the same bytes.
 

@@ -2376,14 +2376,21 @@ def pick_span(arg, what, have, where):
 
 
 class Size:
-    """WIDTHxHEIGHT in pixels (media.parse_size), returned as (width, height)."""
+    """WIDTHxHEIGHT in pixels (media.parse_size: 1 to 16384 per side, or to `limit`), returned as (width, height)."""
+
+    def __init__(self, limit=None):
+        self.limit = limit
 
     def __call__(self, text):
         import media
         try:
-            return media.parse_size(text)
+            width, height = media.parse_size(text)
         except media.MediaError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        if self.limit is not None and max(width, height) > self.limit:
+            raise argparse.ArgumentTypeError(f"size {width}x{height} is out of range (1 to {self.limit} pixels per "
+                                             f"side)")
+        return width, height
 
 
 class Rate:
@@ -2502,7 +2509,7 @@ def build_parser():
     e.add_argument("--gop", type=Int(bitstream.MIN_GOP_FRAMES, bitstream.MAX_GOP_FRAMES), default=33,
                    help="frames per GOP, 4k+1 (default 33)")
     e.add_argument("--prompt", type=Text(), default="", help="text prompt, stored in the stream (default empty)")
-    e.add_argument("--size", type=Size(), metavar="WxH",
+    e.add_argument("--size", type=Size(bitstream.MAX_SIZE), metavar="WxH",
                    help="resize (Lanczos) to this working size; decoder outputs it")
     e.add_argument("--seed", type=Int(0, 2 ** 32 - 1), default=42, help="generator seed, 0..2^32-1 (default 42)")
     e.add_argument("--still-quality", type=Int(0, 100, words=("lossless",)), default=60,

@@ -162,7 +162,8 @@ def hostile_values(action):
         return ["", "x", "1", "1:2:3", "a:b", "-1:", ":-1", "-1:2", "3:1", "2:2", ":0", "0:0", "99999:",
                 "0:99999", "99999:100000", "1.5:2"]
     if isinstance(t, gvcc.Size):
-        return ["", "16", "16x", "x16", "0x16", "16x0", "-16x16", "99999x99999", "nanxnan", "16.5x16", "1e3x16"]
+        values = ["", "16", "16x", "x16", "0x16", "16x0", "-16x16", "99999x99999", "nanxnan", "16.5x16", "1e3x16"]
+        return values + ([f"16x{t.limit + 1}"] if t.limit is not None else [])
     if isinstance(t, gvcc.Rate):
         return ["", "0", "-0", "-25", "nan", "inf", "1/0", "0/1", "x", "1e9", "-1/2"]
     if isinstance(t, gvcc.Md5):

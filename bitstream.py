@@ -146,12 +146,13 @@ Nothing may follow the last GOP.
   sum over stills (4 + still_size) + (4 + residual_size if residual) + CodebookBytes( g ).
 - gop_crc: the CRC-32 of every byte of the GOP before it, from gop_size on.
 - still: one coded still frame at the working size width x height: an AVIF file, or a PNG file (8-bit RGB,
-  lossless) when still_lossless = 1. NumStills( g ) and which
-  frame each still shows are given in section 7.
+  lossless: IHDR bit depth 8 and colour type 2, so no palette, grey, alpha or 16-bit samples) when
+  still_lossless = 1. NumStills( g ) and which frame each still shows are given in section 7.
 - residual_data: the tail residual blob of section 6.
 - SdeSteps = min(steps - tail_steps, steps - 1). Only the first SdeSteps sampler steps inject codebook atoms.
   The tail steps carry no bits, and the last step (the one that lands on t = 0) is always a tail step, as in
-  the authors' sampler, even when tail_steps = 0. SdeSteps may be 0, and then a GOP has no codebook symbols.
+  the authors' sampler, even when tail_steps = 0. SdeSteps may be 0, and then a GOP has no codebook symbols
+  (a valid stream, which gvcc's encoder refuses to write: it would code nothing of the source).
 - AtomsForFrame( f, L ) = M_tail if f >= L - tail_frames, else M. Latent frame f is one of the L latent frames
   of the GOP, L = LatentFrames( g ). In a short last GOP with L <= tail_frames, every frame uses M_tail.
 - index_rank[ j ][ f ]: the lexicographic rank (section 5.4) of the set S of atom indices chosen at SDE step j
@@ -290,11 +291,11 @@ outputs nothing, when any of these checks fails:
 - The lead is missing where section 3 requires it, or bytes follow the last GOP (GOP first_gop + gop_count - 1).
 - An index_rank is >= C(K, m) (checked for the whole stream before any GOP is decoded, without unranking).
 - A residual blob breaks section 6 (checked when it is unpacked).
-- A still is not an image of the kind still_lossless names (AVIF, or 8-bit RGB PNG) of exactly width x height:
-  its declared size is checked before its pixels are decoded, so a forged size costs nothing, and the decoded
-  image's size again after, and any failure to decode it is an error naming the GOP and the still. The declared
-  size of an AVIF is that of its ispe property associated (ipma) with the primary item (pitm), as libavif reads
-  it; of a PNG, its IHDR chunk.
+- A still is not an image of the kind still_lossless names (AVIF, or a PNG of bit depth 8 and colour type 2, 8-bit
+  RGB) of exactly width x height: its declared size is checked before its pixels are decoded, so a forged size
+  costs nothing, and the decoded image's size again after, and any failure to decode it is an error naming the GOP
+  and the still. The declared size of an AVIF is that of its ispe property associated (ipma) with the primary item
+  (pitm), as libavif reads it; of a PNG, its IHDR chunk.
 It then decodes each GOP as gvcc.py's docstring describes. It uses model_fingerprint and generator to refuse a
 stream made for weights or a generator it does not have, and a generator 2 stream whose K exceeds the shifts of
 one latent frame, D = 16 (H/8) (W/8) with H, W the working size rounded up to multiples of 16. It outputs frames
@@ -340,6 +341,11 @@ ClipKey of a header = CRC-32 of its bytes before header_crc with the eight bytes
 as zero. It covers every setting and clip_crc, so two parts made with different settings, weights, prompt or
 clip differ in ClipKey. Parts P_0 .. P_n-1 join into one stream (`gvcc.py concat`) when each is valid, all
 have the same ClipKey, P_0 has first_gop = 0, each P_i+1 starts where P_i ends, and the last ends at NumGops.
+`gvcc.py concat` checks each part as a decoder does before it loads any network (section 9: framing, CRCs,
+limits, ranks, the lead and every still decoded at width x height, every residual blob, a model and generator
+it has); only model_fingerprint, which needs the weight files, is left to the decoder of the joined stream.
+(concat in this file checks the framing, ranks and ClipKeys, not the stills and residuals: it has no image
+decoder.)
 The joined stream is the header with first_gop = 0 and gop_count = NumGops (and its new header_crc), followed
 by every part's GOP bytes unchanged (leads dropped). It is byte-identical to a one-process encode of the clip,
 because every GOP's bytes, gop_crc included, depend only on the header's ClipKey fields and on the GOP.

@@ -1118,6 +1118,11 @@ def code_gops(codec, hdr, indices, source=None, gops=None, lead=None, on_step=No
 # ==================================================================================================
 # Command line
 # ==================================================================================================
+# Every command refuses bad input before any work, with one `gvcc: error:` line and exit status 1: each
+# argument's domain as the command line is parsed (the argument types at the end of this section); every output
+# name through one check, media.check_target (media.py, "Writing"); then what depends on the input: ranges against
+# the clip or stream (pick_span), the decoder's resource limits against the header before a GOP is read
+# (check_resources), and the stream's contents before a network loads (check_payload).
 
 class Progress:
     """What a long job is doing, on stderr: the GOP, its phase (reading the source or conditioning, sampling step k
@@ -1293,24 +1298,6 @@ def pick_atoms(hdr, target_bits, still_sizes):
     return with_m(lo), bits(lo), note
 
 
-def finite_float(text):
-    """argparse type: a finite float (nan and inf are refused with one clear line)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-    return value
-
-
-def positive_float(text):
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
-    return value
-
-
 def say(args, text):
     """A line of what gvcc is doing or assumed, on stderr, unless --quiet."""
     if not getattr(args, "quiet", False):
@@ -1323,31 +1310,6 @@ def tell_reading(args, video):
         say(args, f"note: {note}")
     for warning in video.warnings:
         print(f"gvcc: warning: {warning}", file=sys.stderr, flush=True)
-
-
-def parse_span(text, what):
-    """'A:B' -> (A, B) with A < B (either may be empty: None); GvccError otherwise."""
-    parts = str(text).split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        a, b = (int(p) if p.strip() else None for p in parts)
-    except ValueError:
-        raise GvccError(f"{what} {text}: expected START:STOP (Python-style, STOP excluded), e.g. 0:4") from None
-    if (a is not None and a < 0) or (b is not None and b < 0) or (a is not None and b is not None and a >= b):
-        raise GvccError(f"{what} {text}: need 0 <= START < STOP")
-    return a, b
-
-
-def gop_span(hdr, text):
-    """--gops A:B of a clip with this header -> range(A, B) (B defaults to the last GOP + 1)."""
-    import bitstream
-    a, b = parse_span(text, "--gops")
-    n = bitstream.num_gops(hdr)
-    a, b = a or 0, n if b is None else b
-    if b > n:
-        raise GvccError(f"--gops {text}: the clip has {n} GOPs (0:{n})")
-    return range(a, b)
 
 
 def clip_crc(video, hdr):
@@ -1363,14 +1325,17 @@ def clip_crc(video, hdr):
     return crc
 
 
+# --------------------------------------------------------------------------------------------------
+# encode
+# --------------------------------------------------------------------------------------------------
+
 def cmd_encode(args):
     import media
     device = check_device(args.device)
     media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
     if args.recon:
-        if os.path.abspath(args.recon) == os.path.abspath(args.output):
-            raise GvccError(f"--recon {args.recon} is the output stream's name too")
-        media.check_target(args.recon, overwrite=args.overwrite, inputs=[args.input])
+        media.check_target(args.recon, kind="video", overwrite=args.overwrite, inputs=[args.input],
+                           outputs=[args.output])
     spec_name = args.model or DEFAULT_MODEL[args.mode or "t2v"]
     if spec_name not in MODELS:
         raise GvccError(f"unknown model '{spec_name}' (known: {', '.join(MODELS)})")
@@ -1380,10 +1345,41 @@ def cmd_encode(args):
     if mode != spec.mode:
         raise GvccError(f"{spec.mode} model {spec_name} cannot code --mode {mode}; use one of "
                         f"{', '.join(n for n, s in MODELS.items() if s.mode == mode)}")
+    check_encode_options(args, spec, mode)
     # the input is read GOP by GOP: opening it counts its frames, and memory holds about one GOP of them
-    with media.VideoSource(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
-                           fps=args.fps, limited_range=args.limited_range, frames=args.frames) as video:
+    with media.VideoSource(args.input, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
+                           frames=args.frames) as video:
         encode_video(args, video, spec_name, spec, mode, device)
+
+
+def check_encode_options(args, spec, mode):
+    """The defaults that come from the --speed preset and the model (K, steps, tail steps), then the checks of
+    `encode`'s options against each other and the mode, before the input is opened. (Each option's own domain is
+    checked as the command line is parsed: build_parser's types.)"""
+    speed = SPEEDS[args.speed]
+    args.K = spec.K if args.K is None else args.K
+    args.steps = speed.get("steps", spec.steps) if args.steps is None else args.steps
+    args.tail_steps = speed.get("tail_steps", 3) if args.tail_steps is None else args.tail_steps
+    if (args.gop - 1) % 4:
+        raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
+    if min(args.steps - args.tail_steps, args.steps - 1) < 1:
+        # SdeSteps = 0 (bitstream.py 5.2): a stream without one codebook symbol, which codes nothing of the source
+        raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: no SDE step would carry a symbol; "
+                        f"need tail steps below steps (e.g. --tail-steps {args.steps - 1})" if args.steps > 1 else
+                        f"--steps {args.steps}: its one step is the final ODE step, so no step would carry a "
+                        f"symbol; need --steps 2 or more")
+    if args.M is not None and args.M > args.K:
+        raise GvccError(f"-M {args.M} must be between 1 and K = {args.K}")
+    if args.m_tail is not None and mode != "i2v":
+        raise GvccError("--m-tail applies to i2v only (the atoms of its last 2 latent frames)")
+    if args.residual_bits is not None and mode != "i2v":
+        raise GvccError("--residual-bits applies to i2v only (the tail latent residual of each GOP)")
+    if args.still_quality == "lossless" and mode == "t2v":
+        raise GvccError("--still-quality lossless applies to i2v and flf2v (t2v codes no still frames)")
+    if args.gops is not None and mode == "i2v" and args.gops.start:
+        raise GvccError(f"--gops {args.gops.text}: i2v GOP {args.gops.start} is conditioned on the decoded last "
+                        f"frame of GOP {args.gops.start - 1}, so an i2v part must start at GOP 0 (shard t2v or "
+                        f"flf2v)")
 
 
 def encode_video(args, video, spec_name, spec, mode, device):
@@ -1394,7 +1390,7 @@ def encode_video(args, video, spec_name, spec, mode, device):
     import media
     tell_reading(args, video)
     n, src_h, src_w = video.n, video.height, video.width
-    width, height = media.parse_size(args.size) if args.size else (src_w, src_h)
+    width, height = args.size or (src_w, src_h)
 
     def working(start, stop):
         """Source frames start..stop-1 at the working size: uint8 [n, height, width, 3]."""
@@ -1404,34 +1400,23 @@ def encode_video(args, video, spec_name, spec, mode, device):
         for i in range(start, stop):        # one source-size frame at a time
             out[i - start] = media.resize(video.read(i, i + 1), width, height)[0]
         return out
+    if args.frames is not None and n < args.frames:
+        raise GvccError(f"--frames {args.frames}: {args.input} has {n} frames; give 1..{n}")
     if mode != "t2v" and n < 2:
         raise GvccError(f"{mode} needs a clip of at least 2 frames, {args.input} has {n}")
-    if args.gop < 5 or (args.gop - 1) % 4:
-        raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
-    args.K = spec.K if args.K is None else args.K
-    speed = SPEEDS[args.speed]
-    args.steps = speed.get("steps", spec.steps) if args.steps is None else args.steps
-    args.tail_steps = speed.get("tail_steps", 3) if args.tail_steps is None else args.tail_steps
-    if not 0 <= args.tail_steps <= args.steps or args.steps < 1:
-        raise GvccError(f"--steps {args.steps} --tail-steps {args.tail_steps}: need 0 <= tail <= steps, steps >= 1")
     rate_target = args.bpp is not None or args.kbps is not None
     default_m = spec.M or (64 if width * height <= 1280 * 720 else 80)
     m = args.M if args.M is not None else 1 if rate_target else default_m      # a rate target picks M below
     if not 1 <= m <= args.K:
-        raise GvccError(f"-M {m} must be between 1 and K = {args.K}")
+        raise GvccError(f"-M {m} must be between 1 and K = {args.K}" if args.M is not None else
+                        f"the default M = {m} is above K = {args.K}; give -M or a larger -K")
     tail_frames = 2 if mode == "i2v" else 0
-    if args.m_tail is not None and not tail_frames:
-        raise GvccError("--m-tail applies to i2v only (the atoms of its last 2 latent frames)")
     m_tail = args.m_tail if args.m_tail is not None else \
         (min(max(spec.M_tail or 128, m), max(m, args.K // 2)) if tail_frames else m)
     if not m <= m_tail <= args.K:
         raise GvccError(f"--m-tail {m_tail} must be between M = {m} and K = {args.K}")
-    if args.residual_bits is not None and mode != "i2v":
-        raise GvccError("--residual-bits applies to i2v only (the tail latent residual of each GOP)")
     residual_bits = args.residual_bits if args.residual_bits is not None else 8
     lossless = args.still_quality == "lossless"
-    if lossless and mode == "t2v":
-        raise GvccError("--still-quality lossless applies to i2v and flf2v (t2v codes no still frames)")
     still_quality = 0 if lossless or mode == "t2v" else \
         int(args.still_quality if args.still_quality is not None else spec.still_quality)
     fps = video.fps
@@ -1445,9 +1430,14 @@ def encode_video(args, video, spec_name, spec, mode, device):
         M=m, M_tail=m_tail, tail_frames=tail_frames, seed=args.seed, still_quality=still_quality,
         still_lossless=int(lossless), residual=int(mode == "i2v" and residual_bits > 0),
         residual_bits=residual_bits or 8, prompt=args.prompt, precision=PRECISIONS.index(precision),
-        text_len=args.text_len, dit_period=speed["dit_period"])
+        text_len=args.text_len, dit_period=SPEEDS[args.speed]["dit_period"])
     bitstream.check_header(hdr)             # every field within the format's limits before any work
     check_codebook(hdr)
+    indices = range(bitstream.num_gops(hdr))
+    if args.gops is not None:
+        indices = pick_span(args.gops, "--gops", indices, "the clip")
+    if args.recon:
+        media.check_output(args.recon, width, height)
     pixels = src_w * src_h * n
     target_bits = None
     if rate_target:
@@ -1462,15 +1452,8 @@ def encode_video(args, video, spec_name, spec, mode, device):
               file=sys.stderr)
         if note:
             print(f"gvcc: warning: {target} cannot be met: {note}", file=sys.stderr)
-    indices = range(bitstream.num_gops(hdr))
-    if args.gops:
-        indices = gop_span(hdr, args.gops)
-        if mode == "i2v" and indices.start > 0:
-            raise GvccError(f"--gops {args.gops}: i2v GOP {indices.start} is conditioned on the decoded last frame "
-                            f"of GOP {indices.start - 1}, so an i2v part must start at GOP 0 (shard t2v or flf2v)")
+    if args.gops is not None:
         hdr = dataclasses.replace(hdr, first_gop=indices.start, gop_count=len(indices))
-    if args.recon:
-        media.check_output(args.recon, width, height)
     paths = model_paths(spec, args.weights)
     hdr = dataclasses.replace(hdr, model_fingerprint=model_fingerprint(paths), clip_crc=clip_crc(video, hdr))
     codec = load_codec(spec, args.weights, args.prompt, device, precision, hdr.text_len)
@@ -1482,7 +1465,7 @@ def encode_video(args, video, spec_name, spec, mode, device):
     start = time.time()
     size = residual = 0
     recon = media.VideoWriter(args.recon, width, height, fps) if args.recon else None
-    with AtomicFile(args.output) as out:
+    with media.AtomicFile(args.output) as out:
         out.write(bitstream.write_header(hdr))
         if bitstream.has_lead(hdr):
             first = bitstream.gop_info(hdr, indices.start).first_frame
@@ -1524,92 +1507,90 @@ def encode_video(args, video, spec_name, spec, mode, device):
               file=sys.stderr)
 
 
-def atomic_write(path, data):
-    """Write bytes to `path` through a temporary file in the same folder, so no half-written file remains."""
-    with AtomicFile(path) as out:
-        out.write(data)
+# --------------------------------------------------------------------------------------------------
+# Reading a stream: what a decoder checks before any network runs (decode, concat, info)
+# --------------------------------------------------------------------------------------------------
 
-
-class AtomicFile:
-    """A file written in pieces under a temporary name beside `path` and renamed over it when the `with` block
-    ends without an error (removed otherwise), so that no half-written file is ever seen at `path`."""
-
-    def __init__(self, path):
-        self.path, self.tmp, self.size = path, f"{path}.tmp{os.getpid()}", 0
-
-    def __enter__(self):
-        try:
-            self.fh = open(self.tmp, "wb")
-        except OSError as exc:
-            raise GvccError(f"{self.path}: {exc.strerror}") from None
-        return self
-
-    def write(self, data):
-        self.fh.write(data)
-        self.size += len(data)
-
-    def __exit__(self, exc_type, exc, tb):
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
-
-def read_stream_file(path):
-    """Open a stream file: bitstream.Stream with the framing of every GOP checked, nothing unpacked.
-
-    The file is memory-mapped, not read: its pages come from the page cache as GOPs are visited.
-    """
+def map_stream_file(path):
+    """A stream file's bytes, memory-mapped, not read: its pages come from the page cache as they are visited.
+    Nothing is checked yet: bitstream.read_header reads the header alone, open_stream walks the GOPs."""
     import mmap
-
-    import bitstream
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except OSError as exc:
         raise GvccError(f"{path}: {exc.strerror}") from None
     except ValueError:      # not a regular file (a pipe, a device)
         raise GvccError(f"{path}: not a regular file") from None
-    return bitstream.open_stream(data)
 
 
-def decode_span(hdr, gops_text, frames_text):
-    """(GOP indices, output frame range) of `decode --gops A:B` / `--frames S:E` (neither: the whole stream)."""
+def decode_span(hdr, gops=None, frames=None):
+    """(GOP indices, output frame range) of `decode --gops A:B` / `--frames S:E` (Span arguments; neither: the
+    whole stream), checked against what the stream holds."""
     import bitstream
     held = bitstream.gop_range(hdr)
-    if gops_text:
-        a, b = parse_span(gops_text, "--gops")
-        indices = range(held.start if a is None else a, held.stop if b is None else b)
-        if not held.start <= indices.start and indices.stop <= held.stop:
-            raise GvccError(f"--gops {gops_text}: the stream holds GOPs {held.start}:{held.stop}")
-        frames = range(bitstream.output_frames(hdr, indices.start).start,
-                       bitstream.output_frames(hdr, indices.stop - 1).stop)
-    elif frames_text:
-        a, b = parse_span(frames_text, "--frames")
-        have = range(bitstream.output_frames(hdr, held.start).start,
-                     bitstream.output_frames(hdr, held.stop - 1).stop)
-        frames = range(have.start if a is None else a, have.stop if b is None else b)
-        if not have.start <= frames.start and frames.stop <= have.stop:
-            raise GvccError(f"--frames {frames_text}: the stream holds frames {have.start}:{have.stop}")
-        covering = [g for g in held if bitstream.output_frames(hdr, g).start < frames.stop
-                    and bitstream.output_frames(hdr, g).stop > frames.start]
+
+    def frames_of(indices):
+        return range(bitstream.output_frames(hdr, indices.start).start,
+                     bitstream.output_frames(hdr, indices.stop - 1).stop)
+    if gops is not None:
+        indices = pick_span(gops, "--gops", held, "the stream")
+        out = frames_of(indices)
+    elif frames is not None:
+        out = pick_span(frames, "--frames", frames_of(held), "the stream")
+        covering = [g for g in held if bitstream.output_frames(hdr, g).start < out.stop
+                    and bitstream.output_frames(hdr, g).stop > out.start]
         indices = range(covering[0], covering[-1] + 1)
     else:
-        indices = held
-        frames = range(bitstream.output_frames(hdr, held.start).start,
-                       bitstream.output_frames(hdr, held.stop - 1).stop)
+        indices, out = held, frames_of(held)
     if hdr.mode == "i2v" and indices.start > 0:
         raise GvccError(f"i2v GOP {indices.start} is conditioned on the decoded last frame of GOP "
                         f"{indices.start - 1} (the chain starts at GOP 0), so i2v has no random access: decode "
-                        f"--gops 0:{indices.stop} and drop the frames before {frames.start}")
-    return indices, frames
+                        f"--gops 0:{indices.stop} and drop the frames before {out.start}")
+    return indices, out
 
 
-# Decoder resource limits (dav1d-style): a valid stream may still ask for more than this machine should give.
+def check_model(hdr):
+    """The model spec a stream names, checked to be one this gvcc has, of the stream's mode, with a codebook it
+    can build (the checks of bitstream.py section 9 on the model and generator that need no weight file)."""
+    if hdr.model not in MODELS:
+        raise GvccError(f"stream needs model '{hdr.model}', which this gvcc does not know")
+    check_codebook(hdr)
+    spec = MODELS[hdr.model]
+    if spec.mode != hdr.mode:
+        raise GvccError(f"{hdr.mode} stream names the {spec.mode} model {hdr.model}")
+    return spec
+
+
+def check_payload(stream):
+    """Every check of a decoder on a stream's contents that needs no network (bitstream.py section 9), one GOP at
+    a time, nothing kept: every index_rank below its limit, the lead and every still decodable at the working
+    size (its declared size checked first), every residual blob well formed."""
+    import bitstream
+    hdr = stream.header
+    stream.check_ranks()
+    if stream.lead is not None:
+        decode_still(stream.indices.start - 1, "lead", bytes(stream.lead), hdr)
+    lh, lw = latent_size(hdr.width, hdr.height)
+    for gop in stream:
+        for i, still in enumerate(gop.stills):
+            decode_still(gop.index, i, bytes(still), hdr)
+        if hdr.residual:
+            try:
+                bitstream.unpack_residual(bytes(gop.residual), 16, 16 * lh * lw, hdr.residual_bits)
+            except bitstream.BitstreamError as exc:
+                raise GvccError(f"GOP {gop.index}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder resource limits
+# --------------------------------------------------------------------------------------------------
+# dav1d-style: a valid stream may still ask for more than this machine should give. Every limit is compared
+# with the header's declared sizes (check_resources) before the GOPs are walked or anything is allocated.
+
 MAX_PIXELS = 1920 * 1088           # default --max-pixels: frame size (working width x height), 1080p
-MAX_FRAMES = 16384                 # default --max-frames: frames a decode outputs (~9 minutes at 30 fps)
+MAX_FRAMES = 16384                 # default --max-frames: frames a stream holds (~9 minutes at 30 fps)
 VAE_BYTES_PER_PIXEL_DIM = 210      # VAE decode working set per padded pixel per unit of VAEConfig.dim: measured
                                    # 7.6 GiB at 480x848 with dim 96 (vae.py docstring, bench/bench_vae.py)
 
@@ -1681,38 +1662,23 @@ def gpu_memory(device):
         return None
 
 
-def check_decode(stream, args):
-    """Every check of `decode` that needs no network, in order, before any work: (model spec, precision).
-
-    The stream's ranks, model, generator and mode; the resource limits (--max-pixels, --max-frames, estimated
-    peak memory against --max-memory or the memory available: host memory on a CPU, the GPU's free memory for
-    the networks and host memory for the decoded frames on CUDA); the output path and its container's frame rate;
-    and every still frame and residual, unpacked once (a still's declared size first). tests/test_fuzz.py runs
-    this on damaged streams.
-    """
-    import bitstream
-    import media
-    hdr = stream.header
-    stream.check_ranks()
-    if hdr.model not in MODELS:
-        raise GvccError(f"{args.input}: stream needs model '{hdr.model}', which this gvcc does not know")
-    try:
-        check_codebook(hdr)
-    except GvccError as exc:
-        raise GvccError(f"{args.input}: {exc}") from None
-    spec = MODELS[hdr.model]
-    if spec.mode != hdr.mode:
-        raise GvccError(f"{args.input}: {hdr.mode} stream names the {spec.mode} model {hdr.model}")
-    if hdr.width * hdr.height > args.max_pixels:
-        raise GvccError(f"{args.input}: frames of {hdr.width}x{hdr.height} exceed --max-pixels {args.max_pixels} "
+def check_resources(hdr, args, memory=None):
+    """Every resource limit, from the header alone, before the stream's GOPs are walked: the frame size against
+    --max-pixels and the frame count against --max-frames (where the command has them: decode, info), and, with
+    memory = (spec, weights folder, precision), decode's estimated peak memory against --max-memory or the memory
+    available (host memory on a CPU; on CUDA the GPU's free memory for the networks and host memory for the
+    decoded frames)."""
+    max_pixels, max_frames = getattr(args, "max_pixels", None), getattr(args, "max_frames", None)
+    if max_pixels is not None and hdr.width * hdr.height > max_pixels:
+        raise GvccError(f"{args.input}: frames of {hdr.width}x{hdr.height} exceed --max-pixels {max_pixels} "
                         f"(raise it to decode this stream)")
-    if hdr.frames > args.max_frames:
-        raise GvccError(f"{args.input}: {hdr.frames} frames exceed --max-frames {args.max_frames} "
-                        f"(raise it to decode this stream)")
-    media.check_output(args.output, hdr.width, hdr.height, Fraction(hdr.fps_num, hdr.fps_den), hdr.frames)
-    precision = args.precision or PRECISIONS[hdr.precision]
-    paths = model_paths(spec, args.weights)
-    need, parts = decode_memory(spec, hdr, paths, precision)
+    if max_frames is not None and hdr.frames > max_frames:
+        raise GvccError(f"{args.input}: {hdr.frames} frames exceed --max-frames {max_frames} "
+                        f"(raise it to {'decode' if memory else 'read'} this stream)")
+    if memory is None:
+        return
+    spec, weights, precision = memory
+    need, parts = decode_memory(spec, hdr, model_paths(spec, weights), precision)
     device = str(args.device or default_device())
     if args.max_memory is not None:
         budgets = [("--max-memory allows", parts, args.max_memory * 2 ** 30)]
@@ -1727,15 +1693,31 @@ def check_decode(stream, args):
             detail = ", ".join(f"{k} {v / 2 ** 30:.2f}" for k, v in what.items())
             raise GvccError(f"{args.input}: decoding needs about {sum(what.values()) / 2 ** 30:.2f} GiB ({detail}), "
                             f"{where} {have / 2 ** 30:.2f} GiB available")
-    lh, lw = latent_size(hdr.width, hdr.height)
-    for gop in stream:                      # one GOP at a time: nothing is kept
-        for i, still in enumerate(gop.stills):
-            decode_still(gop.index, i, bytes(still), hdr)
-        if hdr.residual:
-            try:
-                bitstream.unpack_residual(bytes(gop.residual), 16, 16 * lh * lw, hdr.residual_bits)
-            except bitstream.BitstreamError as exc:
-                raise GvccError(f"GOP {gop.index}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# decode, concat, info, eval, make-tiny
+# --------------------------------------------------------------------------------------------------
+
+def check_decode_header(hdr, args):
+    """The checks of `decode` on a stream's header, before its GOPs are walked: (model spec, precision).
+    The model and codebook, the resource limits (check_resources) and what the output's container can hold."""
+    import media
+    try:
+        spec = check_model(hdr)
+    except GvccError as exc:
+        raise GvccError(f"{args.input}: {exc}") from None
+    precision = args.precision or PRECISIONS[hdr.precision]
+    check_resources(hdr, args, memory=(spec, args.weights, precision))
+    media.check_output(args.output, hdr.width, hdr.height, Fraction(hdr.fps_num, hdr.fps_den), hdr.frames)
+    return spec, precision
+
+
+def check_decode(stream, args):
+    """Every check of `decode` that needs no network, before any work: (model spec, precision). The header's
+    (check_decode_header), then the contents' (check_payload). tests/test_fuzz.py runs this on damaged streams."""
+    spec, precision = check_decode_header(stream.header, args)
+    check_payload(stream)
     return spec, precision
 
 
@@ -1745,12 +1727,14 @@ def cmd_decode(args):
     import bitstream
     import media
     device = check_device(args.device)
-    media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
-    stream = read_stream_file(args.input)
-    hdr = stream.header
+    media.check_target(args.output, kind="video", overwrite=args.overwrite, inputs=[args.input])
+    data = map_stream_file(args.input)
+    hdr = bitstream.read_header(data)
     args.weights = weights_folder(args.weights, MODELS.get(hdr.model))
     indices, frames = decode_span(hdr, args.gops, args.frames)
-    spec, precision = check_decode(stream, args)
+    spec, precision = check_decode_header(hdr, args)
+    stream = bitstream.open_stream(data)        # walks every GOP's framing: after the limits
+    check_payload(stream)
     paths = model_paths(spec, args.weights)
     fingerprint = model_fingerprint(paths)
     if fingerprint != hdr.model_fingerprint:
@@ -1781,22 +1765,33 @@ def cmd_decode(args):
 
 
 def cmd_concat(args):
-    """Join part streams (`encode --gops`) into the stream a one-process encode writes (bitstream.py section 11)."""
+    """Join part streams (`encode --gops`) into the stream a one-process encode writes (bitstream.py section 11).
+
+    Each part is first checked as a decoder checks it before any network loads (framing, model and codebook,
+    ranks, lead and stills decodable at the working size, residuals), so that a joined stream is one a decoder
+    accepts; only the model fingerprint, which needs the weight files, is left to the decoder.
+    """
     import bitstream
     import media
     media.check_target(args.output, overwrite=args.overwrite, inputs=args.parts)
     parts = []
-    for path in args.parts:
+    for i, path in enumerate(args.parts):
         try:
             with open(path, "rb") as fh:
                 parts.append(fh.read())
         except OSError as exc:
             raise GvccError(f"{path}: {exc.strerror}") from None
+        try:
+            stream = bitstream.open_stream(parts[-1])
+            check_model(stream.header)
+            check_payload(stream)
+        except (bitstream.BitstreamError, GvccError) as exc:
+            raise GvccError(f"concat: part {i + 1} ({path}): {exc}") from None
     try:
         data = bitstream.concat(parts)
     except bitstream.BitstreamError as exc:
         raise GvccError(f"concat: {exc}") from None
-    with AtomicFile(args.output) as out:
+    with media.AtomicFile(args.output) as out:
         out.write(data)
     print(f"gvcc: {args.output}: {len(data)} bytes from {len(parts)} parts", file=sys.stderr)
 
@@ -1844,7 +1839,9 @@ def paper_accounting(hdr, rows):
 def cmd_info(args):
     """Header and per-GOP rate breakdown of a stream, with the paper's accounting next to gvcc's."""
     import bitstream
-    stream = read_stream_file(args.input)
+    data = map_stream_file(args.input)
+    check_resources(bitstream.read_header(data), args)      # before the GOPs are walked
+    stream = bitstream.open_stream(data)
     stream.check_ranks()                    # the whole stream is checked before anything is printed
     hdr = stream.header
     # A prompt in any language must not end in UnicodeEncodeError on a terminal or pipe that cannot show it.
@@ -1900,21 +1897,22 @@ def cmd_info(args):
 
 def cmd_eval(args):
     import media
-    media.run_eval(args)
+    media.eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
+                    frames=args.frames, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
+                    resize_to=args.size, use_lpips=not args.no_lpips, overwrite=args.overwrite,
+                    progress=lambda msg: print(msg, file=sys.stderr))
 
 
 def cmd_make_tiny(args):
-    """Write the tiny random-weight models (real key layout and dtypes) to a folder."""
+    """Write the tiny random-weight models (real key layout and dtypes) to a folder (made if missing; its
+    other files are left alone)."""
+    import shutil
+
     from safetensors.torch import save
 
     import media
     import vae as vae_mod
     import wan_model
-    try:
-        os.makedirs(args.dir, exist_ok=True)
-    except OSError as exc:
-        raise GvccError(f"{args.dir}: cannot make the folder ({exc.strerror})") from None
-    media.check_folder(os.path.join(args.dir, "tiny_t2v.safetensors"))
     files = {
         "tiny_t2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-t2v", seed=1),
         "tiny_i2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-i2v", seed=2),
@@ -1923,30 +1921,188 @@ def cmd_make_tiny(args):
         "tiny_clip_vision.safetensors": lambda: wan_model.tiny_weights("clip", "tiny", seed=5),
         "tiny_vae.safetensors": lambda: vae_mod.tiny_weights(seed=6),
     }
-    for name, make in files.items():
-        path = os.path.join(args.dir, name)
-        atomic_write(path, save({k: v.contiguous() for k, v in make().items()}))
-        print(f"gvcc: wrote {path}", file=sys.stderr)
-
-
-def still_quality_arg(text):
-    """argparse type of --still-quality: an AVIF quality 0..100 or 'lossless'."""
-    if text == "lossless":
-        return text
+    media.check_target(args.dir, kind="folder")
+    made = not os.path.isdir(args.dir)
+    if made:
+        try:
+            os.mkdir(args.dir)
+        except OSError as exc:
+            raise GvccError(f"{args.dir}: cannot make the folder ({exc.strerror})") from None
+    else:
+        for name in files:
+            media.check_target(os.path.join(args.dir, name), overwrite=args.overwrite)
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a quality from 0 to 100 or 'lossless'")
-    return value
+        for name, make in files.items():
+            path = os.path.join(args.dir, name)
+            media.atomic_write(path, save({k: v.contiguous() for k, v in make().items()}))
+            print(f"gvcc: wrote {path}", file=sys.stderr)
+    except BaseException:
+        if made:                            # nothing left behind: the folder was ours
+            shutil.rmtree(args.dir, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments: the domain of every value, checked as the command line is parsed
+# --------------------------------------------------------------------------------------------------
+# Every argument that takes a value has one of these types (or a list of choices), so that a value outside its
+# domain is refused in one line before anything is opened. What depends on the input (a range against the
+# stream's GOPs, M against K) is checked next, in the commands, still before any work. tests/test_arguments.py
+# derives its hostile values from these objects, so an argument added with one of them is fuzzed unlisted.
+
+class Int:
+    """An integer from lo to hi (hi None: no upper bound), or one of `words` (returned as the word)."""
+
+    def __init__(self, lo, hi=None, words=()):
+        self.lo, self.hi, self.words = lo, hi, tuple(words)
+
+    def describe(self):
+        span = f"from {self.lo} to {self.hi}" if self.hi is not None else f"of at least {self.lo}"
+        return f"an integer {span}" + "".join(f" or '{w}'" for w in self.words)
+
+    def __call__(self, text):
+        if text in self.words:
+            return text
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < self.lo or (self.hi is not None and value > self.hi):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {self.describe()}")
+        return value
+
+
+class Float:
+    """A finite number from lo (above lo when `above`) to hi (hi None: no upper bound); nan and inf are refused,
+    and -0 reads as 0."""
+
+    def __init__(self, lo, hi=None, above=False):
+        self.lo, self.hi, self.above = lo, hi, above
+
+    def describe(self):
+        return (f"a finite number {'above' if self.above else 'of at least'} {self.lo:g}"
+                + (f" and at most {self.hi:g}" if self.hi is not None else ""))
+
+    def __call__(self, text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > self.lo if self.above else value >= self.lo)
+                and (self.hi is None or value <= self.hi)):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {self.describe()}")
+        return value + 0.0
+
+
+@dataclass(frozen=True)
+class SpanArg:
+    text: str                   # as given, for messages
+    unit: str                   # "GOPs" or "frames"
+    start: int | None           # None: from the first one held
+    stop: int | None            # None: through the last one held
+
+
+class Span:
+    """START:STOP of `unit` (GOPs, frames), Python-style: STOP excluded; an end left out means the first or past
+    the last. Refused here when malformed, negative, reversed or empty (an empty selection is an error, as
+    ffmpeg's is); pick_span then checks it against what the stream or clip holds."""
+
+    def __init__(self, unit):
+        self.unit = unit
+
+    def __call__(self, text):
+        parts = text.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(p) if p.strip() else None for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not START:STOP (Python-style: STOP excluded; e.g. "
+                                             f"0:4, 2: or :8)") from None
+        if (start is not None and start < 0) or (stop is not None and stop < 0):
+            raise argparse.ArgumentTypeError(f"'{text}': START and STOP number {self.unit} from 0 (no negative "
+                                             f"indices)")
+        if stop is not None and (start or 0) >= stop:
+            raise argparse.ArgumentTypeError(f"'{text}' selects no {self.unit}: START must be below STOP (an empty "
+                                             f"range is an error)")
+        return SpanArg(text, self.unit, start, stop)
+
+
+def pick_span(arg, what, have, where):
+    """The range of `have` (GOP or frame numbers) that a Span argument selects; GvccError stating the valid
+    range when it reaches outside `have` or selects nothing there."""
+    start = have.start if arg.start is None else arg.start
+    stop = have.stop if arg.stop is None else arg.stop
+    if not have.start <= start < stop <= have.stop:
+        raise GvccError(f"{what} '{arg.text}': {where} holds {arg.unit} {have.start}:{have.stop}; give START:STOP "
+                        f"within it (STOP excluded; an empty range is an error)")
+    return range(start, stop)
+
+
+class Size:
+    """WIDTHxHEIGHT in pixels (media.parse_size: 1 to 16384 per side, or to `limit`), returned as (width, height)."""
+
+    def __init__(self, limit=None):
+        self.limit = limit
+
+    def __call__(self, text):
+        import media
+        try:
+            width, height = media.parse_size(text)
+        except media.MediaError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if self.limit is not None and max(width, height) > self.limit:
+            raise argparse.ArgumentTypeError(f"size {width}x{height} is out of range (1 to {self.limit} pixels per "
+                                             f"side)")
+        return width, height
+
+
+class Rate:
+    """A frame rate, 25 or 30000/1001 (media.parse_fps: above 0, at most 1000), returned as a Fraction."""
+
+    def __call__(self, text):
+        import media
+        try:
+            return media.parse_fps(text)
+        except media.MediaError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class Md5:
+    """An md5 digest: 32 hexadecimal digits, returned in lower case."""
+
+    def __call__(self, text):
+        if len(text) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in text):
+            raise argparse.ArgumentTypeError(f"'{text}' is not an md5 (32 hexadecimal digits)")
+        return text.lower()
+
+
+class Path:
+    """A file or folder name, not empty. role: 'input', or the kind of output that media.check_target checks
+    before any work ('file', 'video': a file or a PNG folder by its name, 'folder')."""
+
+    def __init__(self, role):
+        self.role = role
+
+    def __call__(self, text):
+        if not text:
+            raise argparse.ArgumentTypeError("an empty name")
+        return text
+
+
+class Text:
+    """Free text, any string (a prompt, a model or device name checked by the command)."""
+
+    def __call__(self, text):
+        return text
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with gvcc's error format: one `gvcc: error:` line, exit status 2, no usage dump."""
+    """argparse with gvcc's error format: one `gvcc: error:` line, exit status 1 as for any other refused input
+    (dav1d's and ffmpeg's), no usage dump."""
 
     def error(self, message):
-        self.exit(2, f"gvcc: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(1, f"gvcc: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class Terminated(BaseException):
@@ -1958,6 +2114,7 @@ def _terminate(signum, frame):
 
 
 def build_parser():
+    import bitstream
     import media
     p = ArgumentParser(prog="gvcc.py", description="GVCC: zero-shot generative video coding with Wan2.1.")
     p.add_argument("--version", action="version", version=f"gvcc {__version__} (bitstream format version "
@@ -1965,19 +2122,25 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_input_flags(q):
-        q.add_argument("--yuv-size", metavar="WxH", help="frame size of a raw .yuv input (I420, 8-bit)")
-        q.add_argument("--fps", help="frame rate of inputs without one (.yuv; images: 25 as in ffmpeg), or to "
-                                     "override the file's (e.g. 30000/1001)")
+        q.add_argument("--yuv-size", type=Size(), metavar="WxH",
+                       help="frame size of a raw .yuv input (I420, 8-bit)")
+        q.add_argument("--fps", type=Rate(), help="frame rate of inputs without one (.yuv; images: 25 as in ffmpeg), "
+                                                  "or to override the file's (e.g. 30000/1001)")
         media.add_range_arguments(q)
 
     def add_runtime_flags(q):
-        q.add_argument("--weights", help="folder with the weight files (default: demo/ in gvcc's folder for the "
-                                         "demo models, else $GVCC_WEIGHTS or ./weights)")
-        q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        q.add_argument("--weights", type=Path("input"),
+                       help="folder with the weight files (default: demo/ in gvcc's folder for the demo models, "
+                            "else $GVCC_WEIGHTS or ./weights)")
+        q.add_argument("--device", type=Text(), help="torch device (default: cuda if available, else cpu)")
         q.add_argument("--precision", choices=("fp32", "bf16"),
                        help="network precision (default: fp32 on cpu, bf16 on cuda; decode: the encoder's)")
         q.add_argument("--quiet", action="store_true", help="no progress or notes on stderr (warnings stay)")
         media.add_overwrite_arguments(q)
+
+    def add_max_frames(q):
+        q.add_argument("--max-frames", type=Int(1), default=MAX_FRAMES, metavar="N",
+                       help=f"refuse streams of more frames, before reading their GOPs (default {MAX_FRAMES})")
 
     e = sub.add_parser("encode", help="video -> GVCC stream",
                        description="Inputs are recognised by content: a .y4m (also '-' for stdin), a raw .yuv "
@@ -1985,80 +2148,108 @@ def build_parser():
                                    "or a single image, or any video file the bundled ffmpeg reads (.mp4, .mov, "
                                    ".mkv, .avi, ...). Outputs are never written over an input, nor over an "
                                    "existing file without -y.")
-    e.add_argument("input", help="video, y4m ('-' for stdin), raw .yuv, PNG folder, %%06d.png pattern or image")
-    e.add_argument("output")
+    e.add_argument("input", type=Path("input"),
+                   help="video, y4m ('-' for stdin), raw .yuv, PNG folder, %%06d.png pattern or image")
+    e.add_argument("output", type=Path("file"))
     e.add_argument("--mode", choices=("t2v", "i2v", "flf2v"), help="default: the model's mode (t2v)")
-    e.add_argument("--model", help=f"one of {', '.join(MODELS)} (default per mode: {DEFAULT_MODEL})")
+    e.add_argument("--model", type=Text(), help=f"one of {', '.join(MODELS)} (default per mode: {DEFAULT_MODEL})")
     rate = e.add_mutually_exclusive_group()
-    rate.add_argument("-M", type=int, help="atoms per step and latent frame (default 64, 80 above 720p; demo "
-                                           "models 8)")
-    e.add_argument("-K", type=int, help="atoms per codebook (default 16384; demo models 1024)")
+    rate.add_argument("-M", type=Int(1, bitstream.MAX_M),
+                      help="atoms per step and latent frame (default 64, 80 above 720p; demo models 8)")
+    e.add_argument("-K", type=Int(bitstream.MIN_K, bitstream.MAX_K),
+                   help="atoms per codebook (default 16384; demo models 1024)")
     e.add_argument("--codebook", choices=tuple(CODEBOOKS), default="iid",
                    help="iid: the paper's i.i.d. Gaussian atoms (default); shift: circular shifts of one "
                         "Gaussian vector, matched by FFT (much faster to encode, K <= D)")
-    e.add_argument("--m-tail", type=int, help="i2v: atoms in the last 2 latent frames (default 128; demo 16)")
+    e.add_argument("--m-tail", type=Int(1, bitstream.MAX_M),
+                   help="i2v: atoms in the last 2 latent frames (default 128; demo models 16)")
     e.add_argument("--speed", choices=tuple(SPEEDS), default="paper",
                    help="model-call schedule, written into the stream: paper (the DiT at every step, 20 steps), "
                         "fast (every other SDE step reuses the last clean estimate: 12 DiT calls per GOP), "
                         "fastest (the same on 10 steps: 6 calls) (default paper)")
-    e.add_argument("--steps", type=int, help="sampler steps T (default 20; --speed fastest 10)")
-    e.add_argument("--tail-steps", type=int, help="final ODE steps without bits (default 3; --speed fastest 2)")
-    e.add_argument("--g-scale", type=finite_float, default=3.0, help="SDE diffusion scale, g_t = g t^2 (default 3)")
-    e.add_argument("--shift", type=finite_float,
+    e.add_argument("--steps", type=Int(1, bitstream.MAX_STEPS), help="sampler steps T (default 20; --speed fastest 10)")
+    e.add_argument("--tail-steps", type=Int(0, bitstream.MAX_STEPS),
+                   help="final ODE steps without bits, fewer than --steps (default 3; --speed fastest 2)")
+    # both stored in thousandths (bitstream.py: g_scale_q, shift_q); g_scale 0 would make every symbol useless
+    e.add_argument("--g-scale", type=Float(0.001, bitstream.MAX_Q / 1000), default=3.0,
+                   help="SDE diffusion scale, g_t = g t^2 (default 3)")
+    e.add_argument("--shift", type=Float(0.001, bitstream.MAX_Q / 1000),
                    help="time-grid shift (default 3; i2v/flf2v above 480 working rows: 5, the authors' rule)")
-    e.add_argument("--gop", type=int, default=33, help="frames per GOP, 4k+1 (default 33)")
-    e.add_argument("--prompt", default="", help="text prompt, stored in the stream (default empty)")
-    e.add_argument("--size", metavar="WxH", help="resize (Lanczos) to this working size; decoder outputs it")
-    e.add_argument("--seed", type=int, default=42, help="generator seed, 0..2^32-1 (default 42)")
-    e.add_argument("--still-quality", type=still_quality_arg,
+    e.add_argument("--gop", type=Int(bitstream.MIN_GOP_FRAMES, bitstream.MAX_GOP_FRAMES), default=33,
+                   help="frames per GOP, 4k+1 (default 33)")
+    e.add_argument("--prompt", type=Text(), default="", help="text prompt, stored in the stream (default empty)")
+    e.add_argument("--size", type=Size(bitstream.MAX_SIZE), metavar="WxH",
+                   help="resize (Lanczos) to this working size; decoder outputs it")
+    e.add_argument("--seed", type=Int(0, 2 ** 32 - 1), default=42, help="generator seed, 0..2^32-1 (default 42)")
+    e.add_argument("--still-quality", type=Int(0, 100, words=("lossless",)),
                    help="i2v/flf2v: AVIF quality of the still frames, 0..100, or 'lossless' (PNG stills: the I2V "
                         "first frame then equals the source, as in the authors' runs) (default 60; demo models 40)")
     e.add_argument("--residual-bits", type=int, choices=(0, 4, 8, 16),
                    help="i2v: bits of the tail latent residual quantiser, 0 = no residual (default 8)")
-    e.add_argument("--text-len", type=int, default=512,
+    e.add_argument("--text-len", type=Int(1, bitstream.MAX_TEXT_LEN), default=512,
                    help="rows of the padded text context (default 512 as upstream Wan; 226 reproduces the "
                         "authors' T2V runs); stored in the stream")
-    e.add_argument("--frames", type=int, help="code only the first N frames")
-    rate.add_argument("--bpp", type=positive_float,
+    e.add_argument("--frames", type=Int(1, bitstream.MAX_FRAMES), help="code only the first N frames (at most the "
+                                                                        "clip's)")
+    rate.add_argument("--bpp", type=Float(0, above=True),
                       help="target bits per source pixel of the whole file (header, stills, framing and codebook; "
                            "an i2v tail residual is known only after coding): picks M for you")
-    rate.add_argument("--kbps", type=positive_float,
+    rate.add_argument("--kbps", type=Float(0, above=True),
                       help="target kbit/s of the whole file at the source frame rate: picks M for you")
-    e.add_argument("--recon", metavar="FILE", help="also write the encoder's reconstruction (= the decoder's)")
-    e.add_argument("--gops", metavar="A:B", help="encode only GOPs A..B-1 into a part stream, for `concat` "
-                                                 "(t2v, flf2v; i2v parts start at 0)")
+    e.add_argument("--recon", type=Path("video"), metavar="FILE",
+                   help="also write the encoder's reconstruction (= the decoder's)")
+    e.add_argument("--gops", type=Span("GOPs"), metavar="A:B",
+                   help="encode only GOPs A..B-1 into a part stream, for `concat` (t2v, flf2v; i2v parts start at 0)")
     add_input_flags(e)
     add_runtime_flags(e)
 
     d = sub.add_parser("decode", help="GVCC stream -> video (.mp4, .y4m or a PNG folder)")
-    d.add_argument("input")
-    d.add_argument("output")
-    d.add_argument("--verify", metavar="MD5", help="fail unless the md5 of the decoded RGB frames is MD5")
-    d.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+    d.add_argument("input", type=Path("input"))
+    d.add_argument("output", type=Path("video"))
+    d.add_argument("--verify", type=Md5(), metavar="MD5",
+                   help="fail unless the md5 of the decoded RGB frames is MD5")
+    d.add_argument("--max-pixels", type=Int(1), default=MAX_PIXELS, metavar="N",
                    help=f"refuse streams whose frames have more pixels (default {MAX_PIXELS}, 1920x1088)")
-    d.add_argument("--max-frames", type=int, default=MAX_FRAMES, metavar="N",
-                   help=f"refuse streams of more frames (default {MAX_FRAMES})")
-    d.add_argument("--max-memory", type=float, metavar="GIB",
+    add_max_frames(d)
+    d.add_argument("--max-memory", type=Float(0, above=True), metavar="GIB",
                    help="refuse streams whose decode is estimated to need more memory (default: the memory "
                         "available now)")
     span = d.add_mutually_exclusive_group()
-    span.add_argument("--gops", metavar="A:B", help="decode only GOPs A..B-1 (t2v, flf2v; `info` lists them)")
-    span.add_argument("--frames", metavar="S:E", help="decode only frames S..E-1 (the GOPs that hold them)")
+    span.add_argument("--gops", type=Span("GOPs"), metavar="A:B",
+                      help="decode only GOPs A..B-1 (t2v, flf2v; `info` lists them)")
+    span.add_argument("--frames", type=Span("frames"), metavar="S:E",
+                      help="decode only frames S..E-1 (the GOPs that hold them)")
     add_runtime_flags(d)
 
     i = sub.add_parser("info", help="header and rate breakdown of a stream")
-    i.add_argument("input")
+    i.add_argument("input", type=Path("input"))
+    add_max_frames(i)
 
     v = sub.add_parser("eval", help="quality of a decoded video against its reference")
-    media.add_eval_arguments(v)
+    v.add_argument("ref", type=Path("input"), help="reference video (.y4m, .yuv, .mp4/.mkv/.webm, PNG directory)")
+    v.add_argument("decoded", type=Path("input"), help="decoded video, same kinds")
+    v.add_argument("--bitstream", type=Path("input"), help="coded file: gives the rate (bpp, kbps) against the "
+                                                           "source, and a gvcc stream its GOPs")
+    v.add_argument("--json", type=Path("file"), help="also write the full report (per frame, per GOP, sequence) "
+                                                     "as JSON")
+    v.add_argument("--gop", type=Int(1), help="frames per GOP for the per-GOP means (default: the gvcc stream's "
+                                              "own GOPs, shared boundary frames in both, else 33)")
+    v.add_argument("--frames", type=Int(1), help="compare only the first N frames of both videos (at most theirs)")
+    v.add_argument("--size", type=Size(), metavar="WxH", help="compare at this working size (Lanczos-resize "
+                                                              "whichever video is not at it, e.g. the reference to "
+                                                              "the paper's 1280x720)")
+    add_input_flags(v)
+    media.add_overwrite_arguments(v)
+    v.add_argument("--no-lpips", action="store_true", help="skip LPIPS even if it is available")
 
     c = sub.add_parser("concat", help="join part streams (encode --gops) into one stream")
-    c.add_argument("parts", nargs="+", metavar="PART", help="part streams, in GOP order")
-    c.add_argument("output")
+    c.add_argument("parts", type=Path("input"), nargs="+", metavar="PART", help="part streams, in GOP order")
+    c.add_argument("output", type=Path("file"))
     media.add_overwrite_arguments(c)
 
     t = sub.add_parser("make-tiny", help="write tiny random-weight models (real key layout) to a folder")
-    t.add_argument("dir")
+    t.add_argument("dir", type=Path("folder"), help="the folder (made if missing; other files in it stay)")
+    media.add_overwrite_arguments(t)
     return p
 
 
@@ -2083,7 +2274,12 @@ def fixed_mmap_threshold(size=128 << 10):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Run one command line (sys.argv[1:] when argv is None); returns the exit status. Nothing is raised for a
+    refused input: one `gvcc: error:` line on stderr and status 1."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:           # a refused argument (its line is printed), or --help / --version
+        return exc.code if isinstance(exc.code, int) else 1
     if args.command in ("encode", "decode"):
         fixed_mmap_threshold()
     handlers = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "eval": cmd_eval,

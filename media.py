@@ -42,7 +42,9 @@ counts the frames without converting or keeping any (seeking past .y4m / .yuv pi
 read(start, stop) converts the frames of one GOP at a time; stdin is spooled to a temporary file first.
 A 4:2:0 .mp4 cannot hold an odd width or height (H.264 crops in 2-pixel units), and gvcc never resizes behind the
 user's back: writing an odd size to .mp4 / .mkv / .yuv is a MediaError that names .y4m and PNG as the way out.
-Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end.
+Writes are atomic: the data goes to a temporary name beside the target and is renamed over it at the end
+(VideoWriter, AtomicFile). Before any work, the command line checks every output name with check_target: a file
+or a folder of the kind expected, not an input, not existing without overwrite, in a writable folder.
 Long outputs stream: VideoWriter appends frames as they come (the decoder writes each GOP as it is decoded);
 write_video is its whole-array form, so both write the same bytes.
 
@@ -790,9 +792,12 @@ MP4_CRF = 12          # libx264 constant-rate factor of .mp4 / .mkv output: visu
 
 
 def _output_kind(path):
+    """What a video output name asks for: 'y4m', 'yuv', 'mp4', 'mkv' (a file, by its extension) or 'png' (a
+    folder of frames: a name ending in a slash, a name without extension, or an existing folder whose name has
+    no video extension). An existing folder named like a file (out.y4m) is refused by check_target."""
     path = os.fspath(path)
     ext = os.path.splitext(path.rstrip("/\\"))[1].lower()
-    if path.endswith(("/", os.sep)) or os.path.isdir(path) or ext == "":
+    if path.endswith(("/", os.sep)) or ext == "" or (os.path.isdir(path) and ext not in FILE_OUTPUTS):
         return "png"
     if ext in FILE_OUTPUTS:
         return ext[1:]
@@ -809,27 +814,79 @@ def check_folder(path):
     parent = os.path.dirname(os.path.abspath(os.fspath(path).rstrip("/\\")))
     if not os.path.isdir(parent):
         raise MediaError(f"{path}: folder {parent} does not exist")
+    _probe(path, parent)
+
+
+def _probe(path, folder):
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".gvcc-probe-")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".gvcc-probe-")
     except OSError as exc:
-        raise MediaError(f"{path}: cannot write in folder {parent} ({exc.strerror})") from None
+        raise MediaError(f"{path}: cannot write in folder {folder} ({exc.strerror})") from None
     os.close(fd)
     os.remove(probe)
 
 
-def check_target(path, *, overwrite=False, inputs=()):
-    """Raise MediaError if writing `path` would lose data or fail for want of a folder; for a CLI, before work.
+def _same_file(a, b):
+    # one file under two names: the same path once links are resolved, or the same device and inode (hard links)
+    if os.path.realpath(a.rstrip("/\\") or a) == os.path.realpath(b.rstrip("/\\") or b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
-    Never writes over one of `inputs` (the same file under any name: links are compared by device and inode),
-    even with overwrite; an existing output (a file, or a folder with entries) only with overwrite (ffmpeg's -y).
+
+def _foreign_files(folder):
+    return [n for n in sorted(os.listdir(folder)) if not re.fullmatch(r"\d+\.png", n)]
+
+
+OUTPUT_KINDS = ("file", "video", "folder")
+
+
+def check_target(path, *, kind="file", overwrite=False, inputs=(), outputs=()):
+    """Raise MediaError if writing the output `path` would lose data or fail for want of a folder: the one check
+    every output of the command line goes through, before any work. It writes nothing (a probe file, removed).
+
+    kind: 'file' (a stream, a JSON report, a weight file), 'video' (a file or a folder of PNG frames, by name:
+    _output_kind) or 'folder' (a folder that receives files of its own names: make-tiny's). Refused, in one line:
+    an empty name; one of `inputs` (the same file under any name: links are resolved, hard links compared by
+    device and inode), even with overwrite, and one of `outputs` (the command's other outputs); a folder where a
+    file is expected (also a file name ending in a slash) and a file where a folder is expected, even with
+    overwrite; an existing output (a file, or a frames folder with entries) without overwrite (ffmpeg's -y); a
+    frames folder holding other files than frames; a parent folder that does not exist or cannot be written.
+    A 'folder' may exist with other files in it: its own files are checked by the caller, one by one.
     """
     path = os.fspath(path)
-    if os.path.exists(path):
-        for src in inputs:
-            if src is not None and src != "-" and os.path.exists(src) and os.path.samefile(path, src):
-                raise MediaError(f"{path}: is also the input {src}; refusing to write over it")
-        occupied = not os.path.isdir(path) or os.listdir(path)
-        if occupied and not overwrite:
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"kind must be one of {OUTPUT_KINDS}")
+    if not path:
+        raise MediaError("an output name is empty")
+    for src in inputs:
+        if src is not None and src != "-" and os.path.lexists(src) and _same_file(path, src):
+            raise MediaError(f"{path}: is also the input {src}; refusing to write over it")
+    for other in outputs:
+        if other is not None and _same_file(path, other):
+            raise MediaError(f"{path}: is also the output {other}; give each output its own name")
+    frames = kind == "video" and _output_kind(path) == "png"
+    wants_folder = kind == "folder" or frames
+    if not wants_folder and path.endswith(("/", os.sep)):
+        raise MediaError(f"{path}: names a folder (it ends in a slash); this output is a file")
+    if os.path.isdir(path):
+        if not wants_folder:
+            raise MediaError(f"{path}: is a folder; this output is a file, give it a file name")
+        if frames and os.listdir(path):
+            if not overwrite:
+                raise MediaError(f"{path}: already exists; give -y to overwrite it")
+            foreign = _foreign_files(path)
+            if foreign:
+                raise MediaError(f"{path}: refusing to replace a folder that holds other files than frames "
+                                 f"(e.g. {foreign[0]})")
+        if kind == "folder":
+            _probe(path, path)
+    elif os.path.lexists(path):
+        if wants_folder:
+            raise MediaError(f"{path}: exists and is not a folder; this output is a folder")
+        if not overwrite:
             raise MediaError(f"{path}: already exists; give -y to overwrite it")
     check_folder(path)
 
@@ -837,8 +894,9 @@ def check_target(path, *, overwrite=False, inputs=()):
 def check_output(path, width, height, fps=None, frames=1):
     """Raise MediaError now if write_video(path, ...) of a width x height video would fail later.
 
-    For a CLI to call before a long decode: supported kind, a parent folder that exists and is writable, even size
-    where 4:2:0 needs it, and (when fps is given) a frame rate that the container can hold for `frames` frames.
+    For a CLI to call before a long decode, after check_target: supported kind, a parent folder that exists and
+    is writable, even size where 4:2:0 needs it, and (when fps is given) a frame rate that the container can
+    hold for `frames` frames.
     """
     kind = _output_kind(path)
     if fps is not None:
@@ -849,6 +907,8 @@ def check_output(path, width, height, fps=None, frames=1):
                          f"{width}x{height}; write .y4m or a PNG directory instead (gvcc does not resize)")
     if kind == "png" and os.path.exists(path) and not os.path.isdir(path):
         raise MediaError(f"{path}: exists and is not a directory")
+    if kind != "png" and os.path.isdir(path):
+        raise MediaError(f"{path}: is a folder; a .{kind} output is a file")
     return kind
 
 
@@ -900,7 +960,7 @@ class VideoWriter:
         prefix, folder = "." + os.path.basename(self.target) + ".", os.path.dirname(self.target)
         if self.kind == "png":
             if os.path.isdir(self.target):
-                foreign = [n for n in os.listdir(self.target) if not re.fullmatch(r"\d+\.png", n)]
+                foreign = _foreign_files(self.target)
                 if foreign:
                     raise MediaError(f"{path}: refusing to replace a directory that holds other files "
                                      f"than frames (e.g. {foreign[0]})")
@@ -1040,6 +1100,47 @@ def _publish(tmp, target, is_dir=False):
     os.replace(tmp, target)
 
 
+class AtomicFile:
+    """A file written in pieces under a hidden temporary name beside `path` and renamed over it when the `with`
+    block ends without an error; removed otherwise, and when the rename fails. No half-written file is ever seen
+    at `path`, and nothing is left behind. size: the bytes written so far."""
+
+    def __init__(self, path):
+        self.path, self.size = os.fspath(path), 0
+        self.target = os.path.abspath(self.path)
+
+    def __enter__(self):
+        folder, name = os.path.split(self.target)
+        try:
+            fd, self.tmp = tempfile.mkstemp(dir=folder, prefix="." + name + ".", suffix=".part")
+        except OSError as exc:
+            raise MediaError(f"{self.path}: cannot write in folder {folder} ({exc.strerror})") from None
+        self.fh = os.fdopen(fd, "wb")
+        return self
+
+    def write(self, data):
+        self.fh.write(data)
+        self.size += len(data)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.fh.close()
+            if exc_type is None:
+                _publish(self.tmp, self.target)
+        except OSError as failed:
+            exc_type, exc = type(failed), failed
+        if exc_type is not None and os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        if isinstance(exc, OSError):
+            raise MediaError(f"{self.path}: cannot write it ({exc.strerror or exc})") from None
+
+
+def atomic_write(path, data):
+    """Write bytes to `path` atomically (AtomicFile)."""
+    with AtomicFile(path) as out:
+        out.write(data)
+
+
 # ==================================================================================================
 # Checksums (dav1d style: md5 of the decoded pixels)
 # ==================================================================================================
@@ -1112,9 +1213,10 @@ def decode_still(data, size=None, *, lossless=False):
     """AVIF bytes (PNG bytes if lossless) -> uint8 RGB [H, W, 3]. MediaError if they are not such an image.
 
     size (width, height): refuse an image that declares another size (an AVIF's ispe box, a PNG's IHDR, read by
-    Image.open) before any pixel is decoded, so a forged size allocates nothing. Any failure of the codec
-    (Pillow raises OSError, ValueError, RuntimeError, DecompressionBombError, ...) is a one-line MediaError; no
-    warning is printed.
+    Image.open) before any pixel is decoded, so a forged size allocates nothing. A lossless still must be an
+    8-bit RGB PNG (IHDR bit depth 8, colour type 2: no palette, grey, alpha or 16-bit samples). Any failure of
+    the codec (Pillow raises OSError, ValueError, RuntimeError, DecompressionBombError, ...) is a one-line
+    MediaError; no warning is printed.
     """
     kind = "PNG" if lossless else "AVIF"
     try:
@@ -1123,8 +1225,11 @@ def decode_still(data, size=None, *, lossless=False):
             with Image.open(io.BytesIO(data), formats=[kind]) as im:
                 if size is not None and im.size != tuple(size):
                     raise MediaError(f"still frame is {im.size[0]}x{im.size[1]}, not {size[0]}x{size[1]}")
-                if lossless and im.mode != "RGB":
-                    raise MediaError(f"still frame: a {im.mode} PNG, a lossless still must be 8-bit RGB")
+                # IHDR's bit depth and colour type (bytes 24, 25): Pillow opens a 16-bit RGB PNG as mode RGB too
+                if lossless and (im.mode != "RGB" or data[24:26] != b"\x08\x02"):
+                    depth, colour = data[24], data[25]
+                    raise MediaError(f"still frame: a PNG of bit depth {depth} and colour type {colour}; a "
+                                     f"lossless still must be 8-bit RGB (bit depth 8, colour type 2)")
                 rgb = np.asarray(im.convert("RGB")).copy()                    # [H, W, 3]
     except MediaError:
         raise
@@ -1610,10 +1715,15 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     out = out or sys.stdout
     if json_out is not None:            # before reading anything: a bad target must not cost the whole eval
         check_target(json_out, overwrite=overwrite, inputs=(ref, dec, bitstream))
+    if bitstream is not None and not os.path.isfile(bitstream):
+        raise MediaError(f"{bitstream}: no such file")
     r = _read(ref, size=size, fps=fps, limited_range=limited_range, frames=frames)
     d = _read(dec, size=size, fps=fps, limited_range=limited_range, frames=frames)
     rate_fps = r.fps or d.fps
     n_ref, n_dec = len(r.frames), len(d.frames)
+    if frames is not None and min(n_ref, n_dec) < frames:
+        short, n = (ref, n_ref) if n_ref < frames else (dec, n_dec)
+        raise MediaError(f"frames = {frames}: {short} has only {n}; compare 1..{min(n_ref, n_dec)} frames")
     if n_ref != n_dec:
         raise MediaError(f"frame counts differ: {ref} has {n_ref}, {dec} has {n_dec}; give frames to compare "
                          f"the first {min(n_ref, n_dec)}")
@@ -1649,45 +1759,8 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     print(format_table(result), file=out)
     if json_out is not None:
         text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
-        target = os.path.abspath(os.fspath(json_out))
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix="." + os.path.basename(target) + ".",
-                                   suffix=".part")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text + "\n")
-            _publish(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(json_out, (text + "\n").encode())
     return result
-
-
-def add_eval_arguments(parser):
-    """Add `gvcc eval`'s arguments to an argparse (sub)parser; run_eval(args) then does the rest."""
-    parser.add_argument("ref", help="reference video (.y4m, .yuv, .mp4/.mkv/.webm, PNG directory)")
-    parser.add_argument("decoded", help="decoded video, same kinds")
-    parser.add_argument("--bitstream", help="coded file: gives the rate (bpp, kbps) against the source, and a gvcc "
-                                            "stream its GOPs")
-    parser.add_argument("--json", help="also write the full report (per frame, per GOP, sequence) as JSON")
-    parser.add_argument("--gop", type=int, help="frames per GOP for the per-GOP means (default: the gvcc stream's "
-                                                "own GOPs, shared boundary frames in both, else 33)")
-    parser.add_argument("--frames", type=int, help="compare only the first N frames of both videos")
-    parser.add_argument("--size", metavar="WxH", help="compare at this working size (Lanczos-resize whichever "
-                                                      "video is not at it, e.g. the reference to the paper's 1280x720)")
-    parser.add_argument("--yuv-size", metavar="WxH", help="frame size of raw .yuv inputs")
-    parser.add_argument("--fps", help="frame rate of inputs that carry none (e.g. 30000/1001)")
-    add_range_arguments(parser)
-    add_overwrite_arguments(parser)
-    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even if it is available")
-
-
-def run_eval(args):
-    """Run eval_main from the arguments add_eval_arguments defined; progress goes to stderr."""
-    return eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
-                     frames=args.frames, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
-                     resize_to=args.size, use_lpips=not args.no_lpips, overwrite=args.overwrite,
-                     progress=lambda msg: print(msg, file=sys.stderr))
 
 
 def add_range_arguments(parser):

@@ -57,8 +57,8 @@ def count_gops(input_path, encode_args):
     import gvcc
     import media
     args = gvcc.build_parser().parse_args(["encode", input_path, "unused.gvcc", *encode_args])
-    with media.VideoSource(args.input, size=media.parse_size(args.yuv_size) if args.yuv_size else None,
-                           fps=args.fps, limited_range=args.limited_range, frames=args.frames) as video:
+    with media.VideoSource(args.input, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
+                           frames=args.frames) as video:
         frames = video.n                # counted without keeping any frame
     mode = args.mode or gvcc.MODELS[args.model or gvcc.DEFAULT_MODEL["t2v"]].mode
     if mode == "i2v":
@@ -77,25 +77,25 @@ def _remote(ray, gpus, cpus):
 def encode_sharded(ray, input_path, output, encode_args, shards, gpus=0, cpus=1, threads=None):
     """Encode one clip as `shards` part streams on Ray workers and concatenate them into `output`."""
     import bitstream
-    import gvcc
+    import media
     ranges = gop_ranges(count_gops(input_path, encode_args), shards)
     task = _remote(ray, gpus, cpus)
     futures = [task.remote(ROOT, [input_path, *encode_args, "--gops", f"{a}:{b}"], threads or cpus)
                for a, b in ranges]
     parts = ray.get(futures)
     data = bitstream.concat(parts)
-    with gvcc.AtomicFile(output) as out:
+    with media.AtomicFile(output) as out:
         out.write(data)
     return ranges, len(data)
 
 
 def encode_jobs(ray, jobs, gpus=0, cpus=1, threads=None):
     """Whole-clip jobs [(input, output, encode args)], one per worker; each output written when all are done."""
-    import gvcc
+    import media
     task = _remote(ray, gpus, cpus)
     futures = [task.remote(ROOT, [inp, *args], threads or cpus) for inp, _, args in jobs]
     for (_, output, _), data in zip(jobs, ray.get(futures)):
-        with gvcc.AtomicFile(output) as out:
+        with media.AtomicFile(output) as out:
             out.write(data)
     return [output for _, output, _ in jobs]
 

@@ -98,12 +98,14 @@ def test_encode_never_writes_over_its_input(clip, tmp_path):
 
 def test_existing_outputs_need_y(clip, encoded, tiny_weights, tmp_path):
     stream, recon, _ = encoded
-    kept = str(tmp_path / "kept")
-    open(kept, "wb").write(b"precious")
-    for args in (["encode", clip, kept, "-n", *TINY], ["encode", clip, str(tmp_path / "x.gvcc"), "--recon", kept, *TINY],
-                 ["decode", stream, kept, "--weights", tiny_weights], ["eval", clip, recon, "--json", kept]):
+    kept, video = str(tmp_path / "kept"), str(tmp_path / "kept.y4m")  # a video output without extension: PNG folder
+    for path in (kept, video):
+        open(path, "wb").write(b"precious")
+    for args in (["encode", clip, kept, "-n", *TINY],
+                 ["encode", clip, str(tmp_path / "x.gvcc"), "--recon", video, *TINY],
+                 ["decode", stream, video, "--weights", tiny_weights], ["eval", clip, recon, "--json", kept]):
         clean_error(run(*args), "already exists", "-y")
-    assert open(kept, "rb").read() == b"precious"
+    assert open(kept, "rb").read() == open(video, "rb").read() == b"precious"
     clean_error(run("decode", stream, stream, "-y", "--weights", tiny_weights), "is also the input")
     clean_error(run("eval", clip, recon, "--json", recon, "-y"), "is also the input")
     assert open(stream, "rb").read(4) == bitstream.MAGIC
@@ -131,7 +133,7 @@ def test_output_folders_are_checked_before_any_model_loads(clip, encoded, tmp_pa
     clean_error(run("encode", clip, str(tmp_path / "o.gvcc"), "--recon", os.path.join(ro, "r.y4m"), *TINY, *nowhere),
                 ro, "cannot write in folder")
     clean_error(run("decode", encoded[0], os.path.join(missing, "d.y4m"), *nowhere), missing, "does not exist")
-    clean_error(run("make-tiny", os.path.join(ro, "w")), "cannot make the folder")
+    clean_error(run("make-tiny", os.path.join(ro, "w")), ro, "cannot write in folder")
     assert not os.path.exists(tmp_path / "o.gvcc")
 
 
@@ -287,7 +289,7 @@ def test_rate_targets_that_cannot_be_met_say_why(clip, encoded, tiny_weights, tm
                 f"the header alone is {header} bytes = {8 * header / pixels:.5f} bpp")
     clean_error(run(*enc, "--bpp", repr((smallest - 1) / pixels)), "cannot be met",
                 f"M = 1 make {smallest // 8} bytes = {smallest / pixels:.5f} bpp")
-    clean_error(run(*enc, "-M", "8", "--bpp", "0.1"), "--bpp", "-M", status=2)
+    clean_error(run(*enc, "-M", "8", "--bpp", "0.1"), "--bpp", "-M", status=1)
     res = gvcc_cli(*enc, "--bpp", "50", "--quiet")
     assert "--bpp 50 cannot be met: M is capped at K = 16" in res.stderr
     assert bitstream.read_header(open(out, "rb").read()).M == 16
@@ -296,7 +298,7 @@ def test_rate_targets_that_cannot_be_met_say_why(clip, encoded, tiny_weights, tm
 
 def test_nan_and_inf_are_refused_for_every_float_option(clip, tmp_path):
     for option, value in (("--g-scale", "nan"), ("--shift", "inf"), ("--bpp", "-inf"), ("--kbps", "NaN")):
-        clean_error(run("encode", clip, str(tmp_path / "o.gvcc"), f"{option}={value}"), option, value, status=2)
+        clean_error(run("encode", clip, str(tmp_path / "o.gvcc"), f"{option}={value}"), option, value, status=1)
 
 
 # ==================================================================================================

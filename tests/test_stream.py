@@ -6,6 +6,8 @@ frames). The part-stream rules (bitstream.py section 11) are also checked on ran
 import dataclasses
 import os
 import random
+import struct
+import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -82,7 +84,8 @@ def test_i2v_has_no_random_access_and_says_why(clip, tiny_weights, tmp_path):
 
 
 def test_bad_spans_are_clean_errors(clip, tiny_weights, tmp_path, capsys):
-    for span, words in (("2:1", "START < STOP"), ("0:9", "the clip has 2 GOPs"), ("a:b", "START:STOP")):
+    for span, words in (("2:1", "START must be below STOP"), ("0:9", "the clip holds GOPs 0:2"),
+                        ("a:b", "START:STOP")):
         assert gvcc.main(["encode", clip, str(tmp_path / "p.gvcc"), "--weights", tiny_weights, *FAST,
                           "--model", "tiny-t2v", "--gops", span]) == 1
         err = capsys.readouterr().err
@@ -250,6 +253,81 @@ def test_concat_rules(mode):
     damaged = bytearray(parts[1])
     damaged[-1] ^= 1
     fails([parts[0], bytes(damaged), parts[2]], "part 2: GOP 2: CRC mismatch")
+
+
+def png16(width, height):
+    """A valid 16-bit RGB PNG (IHDR bit depth 16, colour type 2), which Pillow cannot write: mid-grey."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = b"".join(b"\x00" + b"\x80\x00" * 3 * width for _ in range(height))      # filter 0, then RGB samples
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def coded_parts(mode, lossless=False, residual=False):
+    """A valid stream of the tiny model of `mode` (16x16, 13 frames in GOPs of 5: 3 GOPs) with real stills and
+    residuals and random symbols, no network run: (header, GOPs, its parts [0, 1) and [1, 3))."""
+    rng = random.Random(5)
+    header = make_header(mode=mode, model=f"tiny-{mode}", width=16, height=16, src_width=16, src_height=16,
+                         frames=13, gop_frames=5, steps=2, tail_steps=1, still_lossless=int(lossless),
+                         still_quality=0 if lossless or mode == "t2v" else 30, residual=int(residual),
+                         tail_frames=2 if mode == "i2v" else 0)
+    gops = random_gops(header, rng)
+    pixels = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)            # [H, W, 3]
+    values = bytes(rng.randrange(256) for _ in range(16 * 2 * 2))      # 16 channels of the 2x2 latent
+    for gop in gops:
+        gop.stills[:] = [media.encode_still(pixels, 30, lossless=lossless) for _ in gop.stills]
+    gops = [dataclasses.replace(g, residual=bs.pack_residual([1.0] * 16, values, 8) if residual else b"")
+            for g in gops]
+    return header, gops, split(header, gops, [(0, 1), (1, 3)] if mode != "i2v" else [(0, 3)])
+
+
+def test_concat_checks_each_part_as_a_decoder_does(tmp_path, capsys):
+    """bitstream.py section 11: concat joins valid parts; a part a decoder would refuse before loading any
+    network (a still or the lead that does not decode at the working size, a broken residual, an unknown
+    model) is refused in one line and nothing is written."""
+    out = str(tmp_path / "joined.gvcc")
+
+    def concat(parts):
+        names = []
+        for i, data in enumerate(parts):
+            names.append(str(tmp_path / f"p{i}.gvcc"))
+            open(names[-1], "wb").write(data)
+        rc = gvcc.main(["concat", *names, out])
+        return rc, capsys.readouterr().err
+
+    header, gops, parts = coded_parts("flf2v")
+    assert concat(parts)[0] == 0 and open(out, "rb").read() == bs.write_stream(header, gops)
+    os.remove(out)
+    garbage, small = b"\x00" * 64, media.encode_still(np.zeros((8, 8, 3), np.uint8), 30)
+    cases = [
+        ("a garbage still", split(header, [gops[0], dataclasses.replace(gops[1], stills=[garbage]), gops[2]],
+                                  [(0, 1), (1, 3)]), "part 2", "GOP 1, still 0"),
+        ("a still of another size", split(header, [gops[0], gops[1], dataclasses.replace(gops[2], stills=[small])],
+                                          [(0, 1), (1, 3)]), "GOP 2, still 0", "8x8"),
+        ("a garbage lead", split(header, gops, [(0, 1), (1, 3)], lead_of=lambda g, gops: garbage),
+         "part 2", "GOP 0, still lead"),
+        ("an unknown model", split(dataclasses.replace(header, model="tiny-none"), gops, [(0, 1), (1, 3)]),
+         "part 1", "tiny-none"),
+    ]
+    i2v, i2v_gops, i2v_parts = coded_parts("i2v", residual=True)
+    assert concat(i2v_parts)[0] == 0
+    os.remove(out)
+    broken = [dataclasses.replace(g, residual=g.residual[:-3]) if k == 1 else g for k, g in enumerate(i2v_gops)]
+    cases.append(("a broken residual", [bs.write_stream(i2v, broken)], "part 1", "GOP 1: residual"))
+    lossless, lossless_gops, lossless_parts = coded_parts("flf2v", lossless=True)
+    assert concat(lossless_parts)[0] == 0
+    os.remove(out)
+    deep = [dataclasses.replace(lossless_gops[0], stills=[lossless_gops[0].stills[0], png16(16, 16)]),
+            *lossless_gops[1:]]
+    cases.append(("a 16-bit PNG still", split(lossless, deep, [(0, 1), (1, 3)]), "GOP 0, still 1", "bit depth 16"))
+    for label, pieces, *words in cases:
+        rc, err = concat(pieces)
+        assert rc == 1 and err.startswith("gvcc: error: concat: ") and len(err.splitlines()) == 1, (label, err)
+        assert all(w in err for w in words), (label, err)
+        assert not os.path.exists(out) and sorted(os.listdir(tmp_path)) == [f"p{i}.gvcc" for i in range(len(pieces))]
+        for name in os.listdir(tmp_path):
+            os.remove(tmp_path / name)
 
 
 def test_part_header_fields_and_limits():

@@ -216,18 +216,33 @@ other hardware). This is the authors' "x0-cache" of GVCCTurbo (CCdydy/GVCCTurbo_
 so fewer bits at the same M: compare presets at equal rate (bench/bench_schedule.py does).
 """
 import argparse
+import dataclasses
 import functools
+import hashlib
 import math
+import mmap
 import os
+import shutil
 import signal
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save, save_file
+
+import bitstream
+import media
+import vae as vae_mod
+import wan_model
+from bitstream import BitstreamError
+from media import MediaError
+from wan_model import WeightsError
 
 
 __version__ = "0.1.0"
@@ -730,12 +745,10 @@ def model_paths(spec, weights_dir):
 
 def model_fingerprint(paths):
     """CRC32 over the name, dtype, shape and stored bytes of a few small tensors of every component file."""
-    import zlib
 
-    from wan_model import read_stored
     crc = 0
     for part in sorted(paths):
-        found = read_stored(paths[part], FINGERPRINT_KEYS[part])
+        found = wan_model.read_stored(paths[part], FINGERPRINT_KEYS[part])
         for name in FINGERPRINT_KEYS[part]:
             t = found[name].contiguous()
             crc = zlib.crc32(f"{part}:{name}:{t.dtype}:{list(t.shape)}".encode(), crc)
@@ -763,10 +776,7 @@ def load_codec(spec, weights_dir, prompt, device, precision, text_len=512):
     text_len (the header's) is the padded length of the text context: the prompt's tokens are cut to
     text_len - 1 plus EOS, and the DiT zero-pads the features to text_len rows before its text MLP.
     """
-    import dataclasses
 
-    import vae as vae_mod
-    import wan_model
     paths = model_paths(spec, weights_dir)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     context = text_context(spec, paths, prompt, device, precision, weights_dir, text_len)
@@ -800,10 +810,7 @@ def context_cache_key(spec, paths, prompt, precision, device, text_len=512):
 def text_context(spec, paths, prompt, device, precision, weights_dir, text_len=512):
     """The prompt encoded by UMT5, [Lt, D] float32 on `device`: from the cache when it holds a valid entry, else
     computed (loading the text encoder, then dropping it) and stored in the cache."""
-    import dataclasses
-    import hashlib
 
-    import wan_model
     key = context_cache_key(spec, paths, prompt, precision, device, text_len)
     path = os.path.join(weights_dir, CONTEXT_CACHE, hashlib.sha256(key.encode()).hexdigest()[:32] + ".safetensors")
     cached = read_cached_context(path, key)
@@ -820,13 +827,11 @@ def text_context(spec, paths, prompt, device, precision, weights_dir, text_len=5
 
 
 def _tensor_sha256(t):
-    import hashlib
     return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def read_cached_context(path, key):
     """The cached context [Lt, D] for `key`, or None when there is no entry or it fails any check."""
-    from safetensors import safe_open
     if not os.path.exists(path):
         return None
     try:
@@ -844,7 +849,6 @@ def read_cached_context(path, key):
 
 def write_cached_context(path, key, context):
     """Store an entry atomically; a weights folder we cannot write to just means no cache."""
-    from safetensors.torch import save_file
     context = context.detach().to("cpu", torch.float32).contiguous()                   # [Lt, D]
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -860,7 +864,6 @@ def write_cached_context(path, key, context):
 
 def make_velocity(codec, y=None, clip_fea=None):
     """u(x, t) of the DiT for this GOP's conditioning; the model sees the timestep 1000 t (float, untruncated)."""
-    import wan_model
 
     def velocity(x, t):
         return wan_model.dit_forward(codec.dit, codec.dit_cfg, x, 1000.0 * t, codec.context, y, clip_fea)
@@ -927,8 +930,6 @@ def conditioning(codec, n_padded, first, last=None, crop=None):
     to the DiT's even latent size, mask and all, as the authors pad it. CLIP sees the frames cropped to the
     working size `crop` = (width, height).
     """
-    import vae as vae_mod
-    import wan_model
     h_pix, w_pix = first.shape[:2]
     given = [first] if last is None else [first, last]
     video = torch.zeros(3, n_padded, h_pix, w_pix, device=codec.device)          # [3, T_pix, H, W]
@@ -956,7 +957,6 @@ def quantise_residual(r, bits):
     Per channel m = max(max |r_c|, 1e-6) and q = round((r / m + 1) (2^bits - 1) / 2), in float32 and in this
     order, as exp_i2v/run_uvg_chained_gop.py computes it; zlib level 9.
     """
-    import bitstream
     levels = (1 << bits) - 1
     scale = r.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-6)                          # [C, 1, 1]
     q = ((r / scale + 1.0) * levels / 2.0).round().clamp(0, levels)                          # [C, h, w]
@@ -966,7 +966,6 @@ def quantise_residual(r, bits):
 
 def dequantise_residual(blob, frame_shape, bits, device):
     """Blob -> residual [C, h, w] = ((q * 2) / (2^bits - 1) - 1) * m_c, float32; both sides add it."""
-    import bitstream
     c, h, w = frame_shape
     scales, raw = bitstream.unpack_residual(blob, c, c * h * w, bits)
     q = np.frombuffer(raw, np.uint8 if bits <= 8 else "<u2").astype(np.float32)
@@ -977,7 +976,6 @@ def dequantise_residual(blob, frame_shape, bits, device):
 
 def decode_still(g, i, data, hdr):
     """Still i of GOP g -> uint8 [height, width, 3]; its declared size is checked before its pixels are decoded."""
-    import media
     try:
         return media.decode_still(data, (hdr.width, hdr.height), lossless=hdr.still_lossless)
     except media.MediaError as exc:
@@ -1013,7 +1011,6 @@ def code_clip(codec, hdr, frames=None, gops=None, on_step=None):
     of bitstream.Gop. Returns (gops, reconstruction uint8 [N, height, width, 3]): the coded GOPs when encoding.
     The CLI streams with code_gops instead.
     """
-    import bitstream
     indices = range(bitstream.num_gops(hdr))
     if frames is not None:
         def source(g):
@@ -1043,9 +1040,6 @@ def code_gops(codec, hdr, indices, source=None, gops=None, lead=None, on_step=No
     encoder's arithmetic exactly: same conditioning from the same decoded frames, same sampler, same
     innovations, same residual.
     """
-    import bitstream
-    import media
-    import vae as vae_mod
     encoding = source is not None
     width, height = hdr.width, hdr.height
     pw, ph = pixel_size(width, height)          # what the VAE sees
@@ -1243,7 +1237,6 @@ def stream_bytes(hdr, still_sizes, residual_sizes):
     still and residual, and the codebook symbols padded to a whole byte. Only stills and residuals depend on the
     pictures; everything else follows from the header.
     """
-    import bitstream
     total, stills = len(bitstream.write_header(hdr)), iter(still_sizes)
     for g, info in enumerate(bitstream.gop_layout(hdr)):
         total += bitstream.GOP_FRAMING_BYTES + sum(4 + next(stills) for _ in range(info.n_stills))
@@ -1262,9 +1255,7 @@ def pick_atoms(hdr, target_bits, still_sizes):
     is found by bisection below the peak. Returns (header with M and M_tail set, predicted file bits, note):
     note says why the target cannot be reached when M stopped at its cap. GvccError when even M = 1 is too much.
     """
-    import dataclasses
 
-    import bitstream
     residuals = [0] * len(bitstream.gop_layout(hdr))
     pixels = hdr.src_width * hdr.src_height * hdr.frames
 
@@ -1315,9 +1306,7 @@ def tell_reading(args, video):
 def clip_crc(video, hdr):
     """The clip_crc of bitstream.py section 11: CRC-32 of the source's key frames (first frame of each GOP),
     read from video (a media.VideoSource) at the source size."""
-    import zlib
 
-    import bitstream
     crc = 0
     for g in range(bitstream.num_gops(hdr)):
         i = bitstream.gop_info(hdr, g).first_frame
@@ -1330,7 +1319,6 @@ def clip_crc(video, hdr):
 # --------------------------------------------------------------------------------------------------
 
 def cmd_encode(args):
-    import media
     device = check_device(args.device)
     media.check_target(args.output, overwrite=args.overwrite, inputs=[args.input])
     if args.recon:
@@ -1384,10 +1372,7 @@ def check_encode_options(args, spec, mode):
 
 def encode_video(args, video, spec_name, spec, mode, device):
     """`encode` of an opened media.VideoSource: the header, the rate target, then the GOPs as they are read."""
-    import dataclasses
 
-    import bitstream
-    import media
     tell_reading(args, video)
     n, src_h, src_w = video.n, video.height, video.width
     width, height = args.size or (src_w, src_h)
@@ -1514,7 +1499,6 @@ def encode_video(args, video, spec_name, spec, mode, device):
 def map_stream_file(path):
     """A stream file's bytes, memory-mapped, not read: its pages come from the page cache as they are visited.
     Nothing is checked yet: bitstream.read_header reads the header alone, open_stream walks the GOPs."""
-    import mmap
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -1528,7 +1512,6 @@ def map_stream_file(path):
 def decode_span(hdr, gops=None, frames=None):
     """(GOP indices, output frame range) of `decode --gops A:B` / `--frames S:E` (Span arguments; neither: the
     whole stream), checked against what the stream holds."""
-    import bitstream
     held = bitstream.gop_range(hdr)
 
     def frames_of(indices):
@@ -1567,7 +1550,6 @@ def check_payload(stream):
     """Every check of a decoder on a stream's contents that needs no network (bitstream.py section 9), one GOP at
     a time, nothing kept: every index_rank below its limit, the lead and every still decodable at the working
     size (its declared size checked first), every residual blob well formed."""
-    import bitstream
     hdr = stream.header
     stream.check_ranks()
     if stream.lead is not None:
@@ -1598,8 +1580,7 @@ VAE_BYTES_PER_PIXEL_DIM = 210      # VAE decode working set per padded pixel per
 @functools.lru_cache(maxsize=32)
 def _stored_elements(path, stamp):
     """Number of tensor elements in a weight file (from its header only); stamp = (size, mtime) keys the cache."""
-    from wan_model import read_header
-    return sum(math.prod(t.shape) for t in read_header(path).values())
+    return sum(math.prod(t.shape) for t in wan_model.read_header(path).values())
 
 
 def weight_bytes(paths, precision):
@@ -1616,9 +1597,6 @@ def weight_bytes(paths, precision):
 def decode_memory(spec, hdr, paths, precision):
     """Estimated peak memory of decoding hdr's stream, in bytes, from the header and the weight files:
     (total, {part: bytes}). Weights, the largest GOP's DiT activations and VAE decode, and the output frames."""
-    import bitstream
-    import vae as vae_mod
-    import wan_model
     t5, nets = weight_bytes(paths, precision)
     pw, ph = pixel_size(hdr.width, hdr.height)
     lh, lw = latent_size(hdr.width, hdr.height)
@@ -1702,7 +1680,6 @@ def check_resources(hdr, args, memory=None):
 def check_decode_header(hdr, args):
     """The checks of `decode` on a stream's header, before its GOPs are walked: (model spec, precision).
     The model and codebook, the resource limits (check_resources) and what the output's container can hold."""
-    import media
     try:
         spec = check_model(hdr)
     except GvccError as exc:
@@ -1722,10 +1699,7 @@ def check_decode(stream, args):
 
 
 def cmd_decode(args):
-    import hashlib
 
-    import bitstream
-    import media
     device = check_device(args.device)
     media.check_target(args.output, kind="video", overwrite=args.overwrite, inputs=[args.input])
     data = map_stream_file(args.input)
@@ -1771,8 +1745,6 @@ def cmd_concat(args):
     ranks, lead and stills decodable at the working size, residuals), so that a joined stream is one a decoder
     accepts; only the model fingerprint, which needs the weight files, is left to the decoder.
     """
-    import bitstream
-    import media
     media.check_target(args.output, overwrite=args.overwrite, inputs=args.parts)
     parts = []
     for i, path in enumerate(args.parts):
@@ -1808,7 +1780,6 @@ def paper_accounting(hdr, rows):
     FLF2V divides the total bits by the total frames.
     Returns {"gops": [{"bits", "frames", "bpp", "kbps16"}], "bpp", "kbps16", "bits"}.
     """
-    import bitstream
     per_step_frame = hdr.M * ((hdr.K - 1).bit_length() + 1)
     t_sde = hdr.steps - hdr.tail_steps
     out = []
@@ -1838,7 +1809,6 @@ def paper_accounting(hdr, rows):
 
 def cmd_info(args):
     """Header and per-GOP rate breakdown of a stream, with the paper's accounting next to gvcc's."""
-    import bitstream
     data = map_stream_file(args.input)
     check_resources(bitstream.read_header(data), args)      # before the GOPs are walked
     stream = bitstream.open_stream(data)
@@ -1896,7 +1866,6 @@ def cmd_info(args):
 
 
 def cmd_eval(args):
-    import media
     media.eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
                     frames=args.frames, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
                     resize_to=args.size, use_lpips=not args.no_lpips, overwrite=args.overwrite,
@@ -1906,13 +1875,8 @@ def cmd_eval(args):
 def cmd_make_tiny(args):
     """Write the tiny random-weight models (real key layout and dtypes) to a folder (made if missing; its
     other files are left alone)."""
-    import shutil
 
-    from safetensors.torch import save
 
-    import media
-    import vae as vae_mod
-    import wan_model
     files = {
         "tiny_t2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-t2v", seed=1),
         "tiny_i2v.safetensors": lambda: wan_model.tiny_weights("dit", "tiny-i2v", seed=2),
@@ -2046,7 +2010,6 @@ class Size:
         self.limit = limit
 
     def __call__(self, text):
-        import media
         try:
             width, height = media.parse_size(text)
         except media.MediaError as exc:
@@ -2061,7 +2024,6 @@ class Rate:
     """A frame rate, 25 or 30000/1001 (media.parse_fps: above 0, at most 1000), returned as a Fraction."""
 
     def __call__(self, text):
-        import media
         try:
             return media.parse_fps(text)
         except media.MediaError as exc:
@@ -2114,8 +2076,6 @@ def _terminate(signum, frame):
 
 
 def build_parser():
-    import bitstream
-    import media
     p = ArgumentParser(prog="gvcc.py", description="GVCC: zero-shot generative video coding with Wan2.1.")
     p.add_argument("--version", action="version", version=f"gvcc {__version__} (bitstream format version "
                                                             f"{__import__('bitstream').VERSION})")
@@ -2284,9 +2244,6 @@ def main(argv=None):
         fixed_mmap_threshold()
     handlers = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "eval": cmd_eval,
                 "concat": cmd_concat, "make-tiny": cmd_make_tiny}
-    from bitstream import BitstreamError
-    from media import MediaError
-    from wan_model import WeightsError
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:                  # not the main thread (an embedding program): leave signals to it

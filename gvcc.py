@@ -1869,7 +1869,7 @@ def cmd_eval(args):
     media.eval_main(args.ref, args.decoded, bitstream=args.bitstream, json_out=args.json, gop=args.gop,
                     frames=args.frames, size=args.yuv_size, fps=args.fps, limited_range=args.limited_range,
                     resize_to=args.size, use_lpips=not args.no_lpips, overwrite=args.overwrite,
-                    progress=lambda msg: print(msg, file=sys.stderr))
+                    picture=args.picture, progress=lambda msg: print(msg, file=sys.stderr))
 
 
 def cmd_make_tiny(args):
@@ -2195,6 +2195,8 @@ def build_parser():
     v.add_argument("--gop", type=Int(1), help="frames per GOP for the per-GOP means (default: the gvcc stream's "
                                               "own GOPs, shared boundary frames in both, else 33)")
     v.add_argument("--frames", type=Int(1), help="compare only the first N frames of both videos (at most theirs)")
+    v.add_argument("--picture", type=Path("file"), metavar="PNG",
+                   help="also write a PNG of the middle frame: the reference beside the decoded frame")
     v.add_argument("--size", type=Size(), metavar="WxH", help="compare at this working size (Lanczos-resize "
                                                               "whichever video is not at it, e.g. the reference to "
                                                               "the paper's 1280x720)")

@@ -1700,7 +1700,8 @@ def format_table(result):
 
 
 def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None, size=None, fps=None,
-              limited_range=None, resize_to=None, use_lpips=True, out=None, progress=None, overwrite=False):
+              limited_range=None, resize_to=None, use_lpips=True, out=None, progress=None, overwrite=False,
+              picture=None):
     """`gvcc eval`: compare a decoded video with its reference, print the table, optionally write JSON.
 
     ref, dec: video paths (any read_video input). bitstream: the coded file, for the rate. json_out: path of
@@ -1710,11 +1711,14 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     inputs (fps also fills in a
     rate that neither file carries). resize_to ('WxH'): compare at this working resolution, resizing (Lanczos)
     whichever video is not already at it; without it the sizes must match. overwrite: replace an existing
-    json_out (never one of the inputs). Returns the report dict.
+    json_out (never one of the inputs). picture: path of a PNG showing the middle frame of the reference beside
+    the decoded one (at the compared size). Returns the report dict.
     """
     out = out or sys.stdout
     if json_out is not None:            # before reading anything: a bad target must not cost the whole eval
         check_target(json_out, overwrite=overwrite, inputs=(ref, dec, bitstream))
+    if picture is not None:
+        check_target(picture, overwrite=overwrite, inputs=(ref, dec, bitstream), outputs=(json_out,))
     if bitstream is not None and not os.path.isfile(bitstream):
         raise MediaError(f"{bitstream}: no such file")
     r = _read(ref, size=size, fps=fps, limited_range=limited_range, frames=frames)
@@ -1760,7 +1764,17 @@ def eval_main(ref, dec, *, bitstream=None, json_out=None, gop=None, frames=None,
     if json_out is not None:
         text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
         atomic_write(json_out, (text + "\n").encode())
+    if picture is not None:
+        atomic_write(picture, side_by_side(ref_frames[n_ref // 2], dec_frames[n_ref // 2]))
     return result
+
+
+def side_by_side(left, right, gap=4):
+    """PNG bytes of two uint8 RGB frames [H, W, 3] side by side, `gap` white columns between them."""
+    sep = np.full((left.shape[0], gap, 3), 255, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate([left, sep, right], axis=1)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def add_range_arguments(parser):

@@ -521,6 +521,24 @@ def test_eval_main_table_and_json(tmp_path):
     assert "inf" not in text.splitlines()[-2] and f"means count it as {media.PSNR_CAP:g} dB" in text
 
 
+def test_eval_picture_shows_the_middle_frames_side_by_side(tmp_path):
+    ref = smooth_clip(n=5)
+    dec = ref[:, ::-1].copy()                                       # every frame upside down: a visible change
+    media.write_video(str(tmp_path / "ref"), ref, 25)
+    media.write_video(str(tmp_path / "dec"), dec, 25)
+    import io
+    media.eval_main(str(tmp_path / "ref"), str(tmp_path / "dec"), picture=str(tmp_path / "pair.png"),
+                    use_lpips=False, out=io.StringIO())
+    pair = np.asarray(media.Image.open(tmp_path / "pair.png").convert("RGB"))
+    h, w = ref.shape[1:3]
+    assert pair.shape == (h, 2 * w + 4, 3)
+    assert np.array_equal(pair[:, :w], ref[2]) and np.array_equal(pair[:, w + 4:], dec[2])
+    assert (pair[:, w:w + 4] == 255).all()
+    with pytest.raises(media.MediaError, match="exists"):          # never written over without -y
+        media.eval_main(str(tmp_path / "ref"), str(tmp_path / "dec"), picture=str(tmp_path / "pair.png"),
+                        use_lpips=False, out=io.StringIO())
+
+
 def test_eval_rate_from_gvcc_header(tmp_path):
     bitstream = pytest.importorskip("bitstream")
     hdr = bitstream.Header(mode="t2v", model="tiny-t2v", model_fingerprint=1, generator=1, src_width=40,

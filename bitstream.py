@@ -71,7 +71,10 @@ Nothing may follow the last GOP.
        6      -   reserved_zero       f(5)         0 (bits 4..0 of byte 6)
        7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v and with
                                                    still_lossless
-       8      4   model_fingerprint   u(32)        fingerprint of the weight files (computed by gvcc.py)
+       8      4   model_fingerprint   u(32)        identifies the weights: the first 4 bytes of a SHA-256 over
+                                                   every tensor of every weight file the model reads (gvcc.py's
+                                                   docstring, "Weights and the model fingerprint"; from version 3
+                                                   on, version 2's covered a few small tensors)
       12      2   generator           u(16)        codebook generator id, >= 1 (gvcc.py, "Codebooks"):
                                                    1 = i.i.d. atoms from Philox4x32-10 + gvcc's Gaussian
                                                    transform v1 (the paper's); 2 = circular shifts of one
@@ -408,7 +411,7 @@ class BitstreamError(Exception):
 class Header:
     mode: str                # 't2v' | 'i2v' | 'flf2v'
     model: str               # model name from gvcc's MODELS table (printable ASCII, e.g. 't2v-1.3B')
-    model_fingerprint: int   # u32, computed by gvcc.py from the weight files
+    model_fingerprint: int   # u32, identifies the weights (gvcc.py, "Weights and the model fingerprint")
     generator: int           # codebook generator id (1 = i.i.d. Philox atoms, 2 = shifts of one vector)
     src_width: int           # source video width (rates are quoted against it)
     src_height: int          # source video height

@@ -2210,9 +2210,11 @@ def paper_accounting(hdr, rows):
     codebook bits with T_sde = steps - tail_steps and M (not M_tail: their count ignores it), plus in I2V the
     zlib bytes of the tail residual (not its scales) and in FLF2V the boundary stills the GOP introduces (none
     when they are lossless: their `--ref_codec gt`); the I2V first frame and all headers are free. I2V and FLF2V
-    round the codebook down to whole bytes. Pixels are at the working size; an FLF2V GOP after the first counts
-    its n_frames - 1 new frames. Sequence bpp and kbps (at 16 fps): T2V and I2V average the GOPs' figures,
-    FLF2V divides the total bits by the total frames.
+    round the codebook down to whole bytes. Pixels are at the working size. The frames of a GOP are the frames
+    it adds: on gvcc's shared-boundary grid an I2V or FLF2V GOP after the first adds n_frames - 1 (32 of 33;
+    the authors' own I2V grid has no shared frame, 33 new frames per GOP, so their per-frame count is this one).
+    Sequence bpp and kbps (at 16 fps): T2V and I2V average the GOPs' figures, FLF2V divides the total bits by
+    the total frames.
     Returns {"gops": [{"bits", "frames", "bpp", "kbps16"}], "bpp", "kbps16", "bits"}.
     """
     import bitstream
@@ -2223,7 +2225,7 @@ def paper_accounting(hdr, rows):
         g = row["index"]
         info = bitstream.gop_info(hdr, g)
         cb = t_sde * info.latent_frames * per_step_frame
-        frames = info.n_frames
+        frames = info.n_frames if g == 0 or hdr.mode == "t2v" else info.n_frames - 1     # the frames it adds
         if hdr.mode == "t2v":
             bits = cb
         elif hdr.mode == "i2v":
@@ -2231,7 +2233,6 @@ def paper_accounting(hdr, rows):
             bits = 8 * (cb // 8 + zlib_bytes)
         else:
             bits = 8 * (cb // 8 + (0 if hdr.still_lossless else row["still_bytes"]))
-            frames = info.n_frames if g == 0 else info.n_frames - 1
         out.append({"bits": bits, "frames": frames, "bpp": bits / (frames * hdr.width * hdr.height),
                     "kbps16": bits / (frames / 16) / 1000})
     total = sum(r["bits"] for r in out)

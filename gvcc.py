@@ -92,8 +92,39 @@ What remains different, kept as gvcc decisions, and which of gvcc's outputs diff
   the latents and pixels.
 - I2V GOPs share their boundary frame as FLF2V's do ([32g, 32g+32]); the authors code [33g, 33g+33) while
   conditioning on frame 33g-1. Different: which frames each I2V GOP codes, and the I2V frame count per clip.
+  The authors' rate count (paper_accounting) divides each GOP by the frames it adds, 33 for the first and 32
+  for every later one, as on their grid each GOP divides by the 33 frames it adds (dividing by 33 here made the
+  I2V rate 2.9 % low over 18 GOPs).
 - FLF2V boundary stills: AVIF (or lossless PNG), not CompressAI cheng2020-attn. Different: the boundary bytes
   and quality (bench/paper.py sweeps the AVIF quality to bracket the paper's).
+- Weight files: weights_fetch.sh fetches Comfy-Org's 16-bit repackaging by default, the VAE in bf16, the 14B
+  DiTs and UMT5 in fp16; the authors load the official checkpoints, the VAE in float32 (their I2V / FLF2V
+  scripts the .pth files of Wan-AI/Wan2.1-*, their T2V the Wan-AI/Wan2.1-T2V-*-Diffusers folders, which
+  `--weights` reads; `weights_fetch.sh --vae fp32` fetches that float32 VAE alone). The VAE computes in float32
+  either way; only its weights are rounded. Different: the VAE's latents and pixels, measured with random
+  weights, float32 against the same rounded to bf16 (bench/bench_vae_weights.py, 5 frames at 160x96, real
+  dimensions): latents 0.46 % apart (rms over rms; 0.59 % max over max), decoded pixels 50.8 dB PSNR apart, at
+  most 3 levels (the tiny VAE: 0.42 %, 51.7 dB, 3 levels). Random weights are untrained: this is the size of
+  the rounding, not its effect on a real video. The model fingerprint tells the files apart, so a stream made
+  with one VAE does not decode with the other.
+- GPU precision (`--precision bf16`): the authors cast the whole I2V / FLF2V DiT to bf16 (model.to(bf16), its
+  float32 islands too: time embedding, modulation, norms, head and residual stream), run T2V through diffusers'
+  WanTransformer3DModel in bf16, which keeps the time embedder, modulation tables and norms in float32 but
+  casts the residual stream back to bf16 after every block, and run CLIP in fp16 (UMT5 in bf16). gvcc's bf16
+  keeps upstream Wan's float32 islands and a float32 residual stream (section "Precision"), and runs CLIP in
+  bf16. Different: on a GPU, the velocities by bf16 rounding (2^-9 relative per cast), hence latents, symbols
+  and pixels; CPU runs (float32) differ from the authors' bf16 anyway. gvcc offers no switch to the authors'
+  casts.
+- Score: gvcc computes score = -eps_hat / t, the linear interpolant's formula; the authors' velocity_to_score
+  evaluates the general one (1 / sigma_t) (alpha_t u - alpha_t' x) / (alpha_t' sigma_t - alpha_t sigma_t')
+  with sigma_t = max(t, 1e-6) (never active: every SDE step has t > 1e-6) and the denominator -1 + 1e-6, so
+  their score is 1 / (1 - 1e-6) = 1 + 1.0e-6 times gvcc's. Different: the drift's score term by 1e-6 relative
+  (8 to 17 float32 ulps), so the latents in their last bits, far below the time grid's difference above.
+- Prompt cleaning: gvcc cleans every prompt as upstream Wan's tokenizer does with clean='whitespace'
+  (wan_model.clean_prompt: HTML-unescape twice, strip, collapse whitespace runs to one space, without ftfy),
+  as the authors' I2V and FLF2V runs do through Wan's T5 encoder; their T2V wrapper hands the raw prompt to
+  transformers' tokenizer. Different: the T2V text context of a prompt with HTML entities or whitespace runs;
+  their T2V runs use the empty prompt, where both agree.
 
 Precision
 ---------

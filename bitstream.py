@@ -63,7 +63,8 @@ Nothing may follow the last GOP.
     ------  ----  ------------------  -----------  ---------------------------------------------------------
        0      4   magic               b(32)        "GVCC" (47 56 43 43)
        4      1   version             u(8)         3 (an older stream is refused: re-encode its source; version 3
-                                                   added dit_period, version 2 the text context length, the
+                                                   added dit_period and made model_fingerprint a hash of every
+                                                   tensor, version 2 added the text context length, the
                                                    residual bit depth and lossless stills)
        5      1   mode                u(8)         0 = t2v, 1 = i2v, 2 = flf2v
        6      -   residual            u(1)         1: every GOP carries a tail latent residual (bit 7 of byte 6)
@@ -74,7 +75,10 @@ Nothing may follow the last GOP.
        6      -   reserved_zero       f(5)         0 (bits 4..0 of byte 6)
        7      1   still_quality       u(8)         AVIF quality of the stills, 0..100; 0 in t2v and with
                                                    still_lossless
-       8      4   model_fingerprint   u(32)        fingerprint of the weight files (computed by gvcc.py)
+       8      4   model_fingerprint   u(32)        identifies the weights: the first 4 bytes of a SHA-256 over
+                                                   every tensor of every weight file the model reads (gvcc.py's
+                                                   docstring, "Weights and the model fingerprint"; from version 3
+                                                   on, version 2's covered a few small tensors)
       12      2   generator           u(16)        codebook generator id, >= 1 (gvcc.py, "Codebooks"):
                                                    1 = i.i.d. atoms from Philox4x32-10 + gvcc's Gaussian
                                                    transform v1 (the paper's); 2 = circular shifts of one
@@ -184,13 +188,18 @@ combination_rank below computes this by walking v from 0 to K-1 once. It keeps t
 and updates it with one small-integer multiply and divide per step: C(n-1, k) = C(n, k) (n-k) / n and
 C(n-1, k-1) = C(n, k) k / n. At K = 16384, M = 128 this takes milliseconds, and a port needs only big-integer
 addition, comparison, and multiplication and division by small integers.
-combination_unrank inverts it with the same walk, except that a position whose walk gets long (more than
-4 k + 16 steps, with k values still to place after it) finds its value by galloping and binary search over
-    sum_{v=lo}^{x-1} C(K - 1 - v, k) = C(K - lo, k + 1) - C(K - x, k + 1),
-taking the largest x whose sum does not exceed what is left of the rank. A forged rank (say K = 65536, M = 2 and
-the largest rank) then costs O(log K) binomials instead of a walk over all K values: unranking costs at most a
-few hundred microseconds per byte of codebook on any header (bench/bench_fuzz.py measures it).
+The same rank mirrored, e_i = K - 1 - c_i (the inner sums telescope by Pascal's rule), is a sum of one binomial
+per position, the combinatorial number system:
 
+    C(K, m) - 1 - rank(S) = sum_{i=0}^{m-1} C(e_i, m - i),      e_0 > e_1 > ... > e_{m-1} >= 0
+
+(in the example, e = (3, 1): C(3, 2) + C(1, 1) = 4 = 10 - 1 - 5). So a decoder recovers S position by position:
+e_i is the largest e < e_{i-1} with C(e, m - i) not above what is left of that sum. combination_unrank walks
+down from e_{i-1} - 1 with the same one-binomial updates, and where the gap to e_i is long it jumps instead: a
+float estimate from log-gamma names the candidate, one exact binomial and a one-step check each way confirm it
+(the floats only choose where to look; the result is exact). A position then costs at most one binomial and
+about 24 + m / 8 walk steps, whatever the rank, so a forged rank costs at most about twice what an ordinary one
+of the same K and m does (bench/bench_fuzz.py measures both per byte of codebook).
 
 6. Tail residual blob
 ---------------------
@@ -424,7 +433,7 @@ class BitstreamError(Exception):
 class Header:
     mode: str                # 't2v' | 'i2v' | 'flf2v'
     model: str               # model name from gvcc's MODELS table (printable ASCII, e.g. 't2v-1.3B')
-    model_fingerprint: int   # u32, computed by gvcc.py from the weight files
+    model_fingerprint: int   # u32, identifies the weights (gvcc.py, "Weights and the model fingerprint")
     generator: int           # codebook generator id (1 = i.i.d. Philox atoms, 2 = shifts of one vector)
     src_width: int           # source video width (rates are quoted against it)
     src_height: int          # source video height
@@ -617,8 +626,9 @@ def codebook_bits(header, latent_frames):
 # ==================================================================================================
 # Index sets: lexicographic rank (spec section 5.4)
 # ==================================================================================================
-# Both functions walk v = 0, 1, ... keeping b = C(n, k): n = K-1-v values lie above v, k elements are still to
-# be placed after the current position. b counts the subsets that put v at the current position.
+# combination_rank walks v = 0, 1, ... keeping b = C(n, k): n = K-1-v values lie above v, k elements are still
+# to be placed after the current position. b counts the subsets that put v at the current position.
+# combination_unrank works on the mirrored values e = K-1-v, where the rank is one binomial per position.
 
 def combination_rank(indices, K):
     """Lexicographic rank of a sorted set of distinct integers in 0..K-1 among all subsets of its size."""
@@ -646,10 +656,12 @@ def combination_rank(indices, K):
 def combination_unrank(rank, K, M):
     """The sorted M-subset of 0..K-1 whose lexicographic rank is `rank` (inverse of combination_rank).
 
-    The walk of combination_rank, with one shortcut: a position whose walk gets long (a large gap between two
-    chosen atoms) finds its value by galloping search over binomial sums instead (_skip_to). A forged rank
-    therefore costs at most about 8 M + 32 walk steps per position plus O(log K) binomials, never a walk over
-    all K values at every position.
+    Mirrored (e = K-1-c), the rank is a sum of binomials, the combinatorial number system (spec section 5.4):
+        C(K, M) - 1 - rank = sum_{i=0}^{M-1} C(e_i, M - i),   e_i = K - 1 - c_i,   e_0 > e_1 > ... > e_{M-1} >= 0
+    so each position, in order, takes the largest e below the previous one with C(e, j) <= what is left of the
+    sum (j = M - i values still to place, this one included). _largest_at_most finds it by a short walk down, or
+    by one binomial where the walk would be long. Every position costs at most about two math.comb(e, j) of
+    work, whatever the rank: a forged rank costs at most about twice what an ordinary one does.
     """
     if not 0 <= M <= K:
         raise BitstreamError(f"cannot choose {M} of {K} atoms")
@@ -657,51 +669,79 @@ def combination_unrank(rank, K, M):
         raise BitstreamError(f"rank {rank} is not below C({K}, {M})")
     if M == 0:
         return []
+    left = _num_subsets(K, M) - 1 - rank        # the sum of C(e_i, M - i) still to place
     indices = []
-    v, n, k = 0, K - 1, M - 1
-    b = math.comb(n, k)
-    for _ in range(M):
-        # math.comb(n, k) costs about k / 8 walk steps: after a walk of that many probes' worth, search instead
-        budget = 4 * k + 16
-        while rank >= b:
-            if not budget:
-                v, rank = _skip_to(rank, K, v, k)
-                n = K - 1 - v
-                b = math.comb(n, k)
-                break
-            rank -= b
-            b = b * (n - k) // n
-            n, v, budget = n - 1, v + 1, budget - 1
-        indices.append(v)
-        if k:
-            b = b * k // n
-        n, k, v = n - 1, k - 1, v + 1
+    e, b = K - 1, math.comb(K - 1, M)          # the first candidate and C(e, j)
+    for j in range(M, 0, -1):
+        e, b = _largest_at_most(left, e, j, b)
+        left -= b
+        indices.append(K - 1 - e)
+        if j > 1:
+            e, b = e - 1, b * j // e            # C(e-1, j-1) = C(e, j) j / e: the next position's first candidate
     return indices
 
 
-def _skip_to(rank, K, v, k):
-    """(x, rank left) for the current position: x >= v is its value, found by galloping and binary search.
+def _largest_at_most(left, e, j, b):
+    """(x, C(x, j)) for the largest x <= e with C(x, j) <= left, given b = C(e, j).
 
-    The subsets that put a value in v..x-1 at this position, with k values after it, number
-    sum_{u=v}^{x-1} C(K-1-u, k) = C(K-v, k+1) - C(K-x, k+1); x is the largest value whose count is <= rank.
+    Walking down costs one small multiply and divide per value, C(x-1, j) = C(x, j) (x - j) / x; one
+    math.comb(x, j) costs about j / 8 + 8 such steps, and a float estimate of x (_estimate) about 16 to 50. So:
+    up to 16 steps first (most gaps are short), then the estimate; the walk goes on when x is at most j / 8 + 8
+    values away, else one exact binomial at the estimate and a one-step check each way settle it (_settle).
+    The floats only choose where to look, never the result.
     """
-    total = math.comb(K - v, k + 1)
-    need = total - rank                  # x is the largest value with C(K - x, k + 1) >= need
-    lo, step, top = v, 1, K - 1 - k      # C(K - lo, k + 1) >= need holds for lo = v
-    hi = top
-    while lo + step <= top:              # gallop: the gap is usually short
-        if math.comb(K - lo - step, k + 1) >= need:
-            lo, step = lo + step, 2 * step
-        else:
-            hi = lo + step - 1
-            break
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if math.comb(K - mid, k + 1) >= need:
+    for _ in range(16):
+        if b <= left:
+            return e, b
+        b = b * (e - j) // e
+        e -= 1
+    if b <= left:
+        return e, b
+    x = _estimate(left, e, j)
+    if e - x > j // 8 + 8:
+        return _settle(left, x, e, j)
+    while b > left:
+        b = b * (e - j) // e
+        e -= 1
+    return e, b
+
+
+def _estimate(left, hi, j):
+    """A float estimate of the largest x < hi with C(x, j) <= left (log-gamma bisection), in j-1 .. hi-1."""
+    if left == 0:
+        return j - 1
+    target, lo = math.log(left), j - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if math.lgamma(mid + 1) - math.lgamma(mid - j + 1) - math.lgamma(j + 1) <= target:
             lo = mid
         else:
-            hi = mid - 1
-    return lo, rank - (total - math.comb(K - lo, k + 1))
+            hi = mid
+    return lo
+
+
+def _settle(left, x, hi, j):
+    """(x, C(x, j)) exactly for the largest x < hi with C(x, j) <= left, starting from the estimate x.
+
+    One binomial, then a step or two with small updates: the estimate is right or one off (one off where left
+    is itself a binomial, as at the last position, where log-gamma's rounding decides the tie). Should it be
+    further off (log-gamma is accurate to far below the 1 / K that separates neighbouring values), an exact
+    bisection between j-1 and hi finishes in O(log K) binomials.
+    """
+    lo = j - 1                                  # C(lo, j) = 0 <= left < C(hi, j) from here on
+    b = math.comb(x, j)
+    for _ in range(4):
+        if b > left:
+            hi, x, b = x, x - 1, b * (x - j) // x                           # C(x-1, j)
+            continue
+        up = 1 if x + 1 == j else b * (x + 1) // (x + 1 - j)                # C(x+1, j)
+        if x + 1 == hi or up > left:
+            return x, b
+        lo, x, b = x + 1, x + 1, up
+    while lo + 1 < hi:                          # exact bisection
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if math.comb(mid, j) <= left else (lo, mid)
+    return lo, math.comb(lo, j)
 
 
 # ==================================================================================================

@@ -94,8 +94,39 @@ What remains different, kept as gvcc decisions, and which of gvcc's outputs diff
   the latents and pixels.
 - I2V GOPs share their boundary frame as FLF2V's do ([32g, 32g+32]); the authors code [33g, 33g+33) while
   conditioning on frame 33g-1. Different: which frames each I2V GOP codes, and the I2V frame count per clip.
+  The authors' rate count (paper_accounting) divides each GOP by the frames it adds, 33 for the first and 32
+  for every later one, as on their grid each GOP divides by the 33 frames it adds (dividing by 33 here made the
+  I2V rate 2.9 % low over 18 GOPs).
 - FLF2V boundary stills: AVIF (or lossless PNG), not CompressAI cheng2020-attn. Different: the boundary bytes
   and quality (bench/paper.py sweeps the AVIF quality to bracket the paper's).
+- Weight files: weights_fetch.sh fetches Comfy-Org's 16-bit repackaging by default, the VAE in bf16, the 14B
+  DiTs and UMT5 in fp16; the authors load the official checkpoints, the VAE in float32 (their I2V / FLF2V
+  scripts the .pth files of Wan-AI/Wan2.1-*, their T2V the Wan-AI/Wan2.1-T2V-*-Diffusers folders, which
+  `--weights` reads; `weights_fetch.sh --vae fp32` fetches that float32 VAE alone). The VAE computes in float32
+  either way; only its weights are rounded. Different: the VAE's latents and pixels, measured with random
+  weights, float32 against the same rounded to bf16 (bench/bench_vae_weights.py, 5 frames at 160x96, real
+  dimensions): latents 0.46 % apart (rms over rms; 0.59 % max over max), decoded pixels 50.8 dB PSNR apart, at
+  most 3 levels (the tiny VAE: 0.42 %, 51.7 dB, 3 levels). Random weights are untrained: this is the size of
+  the rounding, not its effect on a real video. The model fingerprint tells the files apart, so a stream made
+  with one VAE does not decode with the other.
+- GPU precision (`--precision bf16`): the authors cast the whole I2V / FLF2V DiT to bf16 (model.to(bf16), its
+  float32 islands too: time embedding, modulation, norms, head and residual stream), run T2V through diffusers'
+  WanTransformer3DModel in bf16, which keeps the time embedder, modulation tables and norms in float32 but
+  casts the residual stream back to bf16 after every block, and run CLIP in fp16 (UMT5 in bf16). gvcc's bf16
+  keeps upstream Wan's float32 islands and a float32 residual stream (section "Precision"), and runs CLIP in
+  bf16. Different: on a GPU, the velocities by bf16 rounding (2^-9 relative per cast), hence latents, symbols
+  and pixels; CPU runs (float32) differ from the authors' bf16 anyway. gvcc offers no switch to the authors'
+  casts.
+- Score: gvcc computes score = -eps_hat / t, the linear interpolant's formula; the authors' velocity_to_score
+  evaluates the general one (1 / sigma_t) (alpha_t u - alpha_t' x) / (alpha_t' sigma_t - alpha_t sigma_t')
+  with sigma_t = max(t, 1e-6) (never active: every SDE step has t > 1e-6) and the denominator -1 + 1e-6, so
+  their score is 1 / (1 - 1e-6) = 1 + 1.0e-6 times gvcc's. Different: the drift's score term by 1e-6 relative
+  (8 to 17 float32 ulps), so the latents in their last bits, far below the time grid's difference above.
+- Prompt cleaning: gvcc cleans every prompt as upstream Wan's tokenizer does with clean='whitespace'
+  (wan_model.clean_prompt: HTML-unescape twice, strip, collapse whitespace runs to one space, without ftfy),
+  as the authors' I2V and FLF2V runs do through Wan's T5 encoder; their T2V wrapper hands the raw prompt to
+  transformers' tokenizer. Different: the T2V text context of a prompt with HTML entities or whitespace runs;
+  their T2V runs use the empty prompt, where both agree.
 
 Precision
 ---------
@@ -103,6 +134,34 @@ The reference path is float32 everywhere (`--precision fp32`, the default on a C
 bf16 for the DiT, text and image encoders, with upstream's float32 islands (time embedding, modulation, norms,
 head, residual stream); the VAE, the sampler arithmetic and the codebook always run in float32. The encoder's
 precision is recorded in the stream and the decoder uses it.
+
+Weights and the model fingerprint
+---------------------------------
+`--weights DIR` is a folder in either of two layouts of the same networks (wan_model, "Weight folders"): the
+official one, one safetensors file per network named as in MODELS (what weights_fetch.sh fetches), or a
+diffusers pipeline folder (Wan-AI/Wan2.1-*-Diffusers, recognised by its model_index.json; also a Hugging Face
+cache entry models--Wan-AI--...-Diffusers, through its refs/main snapshot), whose key names the loaders map to
+the official ones with one table per network (wan_model.DIT_DIFFUSERS_NAMES, vae.VAE_DIFFUSERS_BLOCKS).
+The header's model_fingerprint identifies the weights, whatever their layout, and the decoder refuses a stream
+whose fingerprint its weights do not give. Over the weight files of the model's networks, in the order clip,
+dit, t5, vae (those it has), and within a network over its tensors in ascending byte order of name, one line each,
+ended by a newline (0x0A):
+    {network} {name} {dtype} {shape} {sha256}          (fields separated by one space)
+        name    the official name: the Wan names of the DiT and VAE, the Hugging Face names of UMT5 and CLIP
+                (CLIP's with the `vision_model.` prefix), a repackaged file's `model.diffusion_model.` dropped
+        dtype   the safetensors dtype as stored (F32, F16, BF16, U8): other precisions are other weights
+        shape   the dimensions, comma-separated (empty for a scalar)
+        sha256  the lowercase hex SHA-256 of the tensor's stored bytes
+UMT5's SentencePiece model is the tensor "spiece_model" (U8, its length in bytes), whether the file embeds it
+(Comfy-Org) or it lies in the pipeline's tokenizer/spiece.model. Left out are the few tensors that one layout's
+files carry and the other's do not and that no network reads (FINGERPRINT_SKIP: CLIP's projection head and
+position ids, UMT5's tied copy of its embedding). model_fingerprint is the first 4 bytes, big-endian, of the
+SHA-256 of all the lines. So any change of any value the networks read (a fine-tune, a merge, another precision)
+changes it, except with probability 2^-32; it detects the wrong weights, it does not authenticate them.
+Hashing reads every byte once: 0.75 to 1.4 GB/s on a 2-core machine (bench/bench_fingerprint.py, 0.5 and 1.5 GB
+files, out of and in the page cache; SHA-256 alone runs at 1.8 GB/s per core), so 12 to 25 s for the 17.3 GB of
+T2V-1.3B and 35 to 60 s for the 45.7 GB of an I2V-14B model, once. Each file's tensor digests are then cached
+by the file's identity (wan_model.file_digests) and a later run reads them back in milliseconds (1.4 to 5 ms).
 
 Normative parts (what a port must reproduce exactly)
 ----------------------------------------------------
@@ -113,6 +172,7 @@ Normative parts (what a port must reproduce exactly)
 2. The time grid: s_i = 1 - i / T, t_i = shift s_i / (1 + (shift - 1) s_i), computed in float64 from the integer
    header fields, i = 0..T.
 3. The symbol semantics: which atoms, which signs, at which (step, frame); the sampler equations above.
+4. The model fingerprint (section "Weights and the model fingerprint"), so that a port accepts gvcc's streams.
 Floating-point model arithmetic (DiT, VAE) is *not* bit-exact across machines: a stream parses identically
 everywhere, and on the same machine, device and precision the decoder reproduces the encoder's reconstruction
 bit for bit, because both run the very same code path (`run_gop`). On other hardware the pixels may drift
@@ -705,14 +765,6 @@ def default_shift(mode, height):
     """The authors' time-grid shift: 3 for T2V; for I2V and FLF2V 3 at a working height <= 480, else 5."""
     return 3.0 if mode == "t2v" or height <= 480 else 5.0
 
-# Small tensors whose stored bytes identify a checkpoint (the fingerprint), one list per component.
-FINGERPRINT_KEYS = {
-    "dit": ("patch_embedding.bias", "head.head.bias", "blocks.0.modulation"),
-    "vae": ("conv2.bias", "decoder.head.2.bias"),
-    "t5": ("encoder.final_layer_norm.weight",),
-    "clip": ("vision_model.pre_layrnorm.weight",),
-}
-
 
 class GvccError(Exception):
     """A user-facing error: bad parameters, a mismatched model, an unusable input (one-line message)."""
@@ -729,31 +781,67 @@ def weights_folder(weights, spec):
 
 
 def model_paths(spec, weights_dir):
-    """{component: path} of the files a model needs, each checked to exist."""
-    paths = {"dit": spec.dit_file, "vae": spec.vae_file, "t5": spec.t5_file}
+    """{component: path} of the files a model needs, each checked to exist (a path is a safetensors file or a
+    shard index). weights_dir is an official-layout folder, the files named as in MODELS (weights_fetch.sh
+    fetches them), or a diffusers pipeline folder such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers (wan_model, "Weight
+    folders"), recognised by its model_index.json."""
+    names = {"dit": spec.dit_file, "vae": spec.vae_file, "t5": spec.t5_file}
     if spec.clip_file:
-        paths["clip"] = spec.clip_file
+        names["clip"] = spec.clip_file
+    pipeline = wan_model.pipeline_folder(weights_dir)
     out = {}
-    for part, name in paths.items():
-        path = os.path.join(weights_dir, name)
-        if not os.path.exists(path):
-            raise GvccError(f"{path}: missing {part} weights for model {spec.dit} "
-                            f"(fetch them with weights_fetch.sh, or run `gvcc.py make-tiny` for the tiny models)")
+    for part, name in names.items():
+        if pipeline is not None:
+            path = wan_model.diffusers_file(pipeline, part)
+            if path is None:
+                sub, stem = wan_model.DIFFUSERS_FILES[part]
+                raise GvccError(f"{os.path.join(pipeline, sub)}: missing {part} weights for model {spec.dit} "
+                                f"({stem}.safetensors or {stem}.safetensors.index.json; is this the diffusers "
+                                f"folder of {spec.dit}?)")
+        else:
+            path = os.path.join(weights_dir, name)
+            if not os.path.exists(path):
+                raise GvccError(f"{path}: missing {part} weights for model {spec.dit} (fetch them with "
+                                f"weights_fetch.sh, or run `gvcc.py make-tiny` for the tiny models)")
         out[part] = path
     return out
 
 
-def model_fingerprint(paths):
-    """CRC32 over the name, dtype, shape and stored bytes of a few small tensors of every component file."""
+# Tensors that one layout's files carry and the other's do not, and that no network reads: left out of the
+# fingerprint, so that the same weights give the same fingerprint in either layout (transformers'
+# CLIPVisionModel has no projection head; a UMT5 file may hold its embedding a second time, tied).
+FINGERPRINT_SKIP = {"clip": ("visual_projection.weight", "vision_model.embeddings.position_ids"),
+                    "t5": ("encoder.embed_tokens.weight",)}
 
-    crc = 0
+
+def _note_hashing(path, size):
+    if size >= 1 << 30:
+        print(f"gvcc: fingerprinting {path} ({size / 1e9:.1f} GB, once: the digests are cached)", file=sys.stderr)
+
+
+def model_fingerprint(paths):
+    """The header's model_fingerprint of the weight files `paths` ({component: path}): a SHA-256 over every
+    tensor of every file under its official name, in a fixed order (the module docstring, "Weights and the model
+    fingerprint"), so it identifies the weights, not their layout. The files' digests are cached
+    (wan_model.file_digests)."""
+    rename = {"dit": wan_model.dit_official_name, "vae": vae_mod.official_name, "t5": None,
+              "clip": wan_model.clip_official_name}
+    h = hashlib.sha256()
     for part in sorted(paths):
-        found = wan_model.read_stored(paths[part], FINGERPRINT_KEYS[part])
-        for name in FINGERPRINT_KEYS[part]:
-            t = found[name].contiguous()
-            crc = zlib.crc32(f"{part}:{name}:{t.dtype}:{list(t.shape)}".encode(), crc)
-            crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes(), crc)
-    return crc
+        tensors = wan_model.tensor_digests(paths[part], rename[part], on_hash=_note_hashing)
+        if part == "t5" and "spiece_model" not in tensors:          # the tokenizer in its own file
+            tokenizer = wan_model.tokenizer_file(paths[part])
+            if tokenizer is None:
+                raise GvccError(f"{paths[part]}: no 'spiece_model' tensor in the file and no tokenizer/spiece.model "
+                                f"beside it")
+            with open(tokenizer, "rb") as fh:
+                blob = fh.read()
+            tensors["spiece_model"] = ("U8", (len(blob),), hashlib.sha256(blob).hexdigest())
+        for name in sorted(tensors):
+            if name not in FINGERPRINT_SKIP.get(part, ()):
+                dtype, shape, digest = tensors[name]
+                h.update(f"{part} {name} {dtype} {','.join(map(str, shape))} {digest}\n".encode())
+    return int.from_bytes(h.digest()[:4], "big")
 
 
 @dataclass
@@ -1775,9 +1863,11 @@ def paper_accounting(hdr, rows):
     codebook bits with T_sde = steps - tail_steps and M (not M_tail: their count ignores it), plus in I2V the
     zlib bytes of the tail residual (not its scales) and in FLF2V the boundary stills the GOP introduces (none
     when they are lossless: their `--ref_codec gt`); the I2V first frame and all headers are free. I2V and FLF2V
-    round the codebook down to whole bytes. Pixels are at the working size; an FLF2V GOP after the first counts
-    its n_frames - 1 new frames. Sequence bpp and kbps (at 16 fps): T2V and I2V average the GOPs' figures,
-    FLF2V divides the total bits by the total frames.
+    round the codebook down to whole bytes. Pixels are at the working size. The frames of a GOP are the frames
+    it adds: on gvcc's shared-boundary grid an I2V or FLF2V GOP after the first adds n_frames - 1 (32 of 33;
+    the authors' own I2V grid has no shared frame, 33 new frames per GOP, so their per-frame count is this one).
+    Sequence bpp and kbps (at 16 fps): T2V and I2V average the GOPs' figures, FLF2V divides the total bits by
+    the total frames.
     Returns {"gops": [{"bits", "frames", "bpp", "kbps16"}], "bpp", "kbps16", "bits"}.
     """
     per_step_frame = hdr.M * ((hdr.K - 1).bit_length() + 1)
@@ -1787,7 +1877,7 @@ def paper_accounting(hdr, rows):
         g = row["index"]
         info = bitstream.gop_info(hdr, g)
         cb = t_sde * info.latent_frames * per_step_frame
-        frames = info.n_frames
+        frames = info.n_frames if g == 0 or hdr.mode == "t2v" else info.n_frames - 1     # the frames it adds
         if hdr.mode == "t2v":
             bits = cb
         elif hdr.mode == "i2v":
@@ -1795,7 +1885,6 @@ def paper_accounting(hdr, rows):
             bits = 8 * (cb // 8 + zlib_bytes)
         else:
             bits = 8 * (cb // 8 + (0 if hdr.still_lossless else row["still_bytes"]))
-            frames = info.n_frames if g == 0 else info.n_frames - 1
         out.append({"bits": bits, "frames": frames, "bpp": bits / (frames * hdr.width * hdr.height),
                     "kbps16": bits / (frames / 16) / 1000})
     total = sum(r["bits"] for r in out)

@@ -274,7 +274,12 @@ def _upsample2_opencv(c):
 
 def yuv420_to_rgb_opencv(y, u, v):
     """8-bit I420 planes Y [H, W], U, V [H/2, W/2] -> uint8 RGB [H, W, 3], exactly as the GVCC authors convert
-    UVG: cv2.resize of U and V (INTER_LINEAR) to [H, W], then cv2.cvtColor(COLOR_YUV2RGB)."""
+    UVG: cv2.resize of U and V (INTER_LINEAR) to [H, W], then cv2.cvtColor(COLOR_YUV2RGB). H and W must be even
+    (UVG's are), as in OpenCV's I420 conversions: an odd size is a MediaError."""
+    h, w = y.shape
+    if h % 2 or w % 2 or u.shape != (h // 2, w // 2) or v.shape != (h // 2, w // 2):
+        raise MediaError(f"the authors' YUV conversion needs an even frame size with chroma planes of half of it "
+                         f"(4:2:0): Y {w}x{h}, U {u.shape[1]}x{u.shape[0]}, V {v.shape[1]}x{v.shape[0]}")
     yy = y.astype(np.int64)
     du, dv = _upsample2_opencv(u) - 128, _upsample2_opencv(v) - 128  # [H, W] each
     descale = lambda x: (x + (1 << 13)) >> 14                        # OpenCV's CV_DESCALE by yuv_shift 14

@@ -192,9 +192,57 @@ def vae_param_shapes(cfg):
     return shapes
 
 
+# The diffusers layout (AutoencoderKLWan, the vae/ folder of the Wan-AI/Wan2.1-*-Diffusers repositories) names the
+# same 194 tensors by other module paths (wan.md 5.3, diffusers' scripts/convert_wan_to_diffusers.py). Its
+# block paths -> the official ones, in the order of encoder_plan and decoder_plan; inside a block, attention
+# and resampling keep their names and a residual block renames its layers (VAE_DIFFUSERS_RESIDUAL).
+def _diffusers_blocks(cfg):
+    """{diffusers block path: (official block path, kind)} for every block of a VAE of this family."""
+    out = {"quant_conv": ("conv1", None), "post_quant_conv": ("conv2", None)}
+    for side in ("encoder", "decoder"):
+        out.update({f"{side}.conv_in": (f"{side}.conv1", None), f"{side}.norm_out": (f"{side}.head.0", None),
+                    f"{side}.conv_out": (f"{side}.head.2", None),
+                    f"{side}.mid_block.resnets.0": (f"{side}.middle.0", "res"),
+                    f"{side}.mid_block.attentions.0": (f"{side}.middle.1", "attn"),
+                    f"{side}.mid_block.resnets.1": (f"{side}.middle.2", "res")})
+    for kind, prefix, _, _ in encoder_plan(cfg):                  # one flat list: down_blocks.i = downsamples.i
+        out[prefix.replace("downsamples", "down_blocks")] = (prefix, kind)
+    level, j = 0, 0                                               # up_blocks.{level}.resnets.{j}, then .upsamplers.0
+    for kind, prefix, _, _ in decoder_plan(cfg):
+        if prefix.startswith("decoder.upsamples."):
+            if kind == "res":
+                out[f"decoder.up_blocks.{level}.resnets.{j}"] = (prefix, kind)
+                j += 1
+            else:
+                out[f"decoder.up_blocks.{level}.upsamplers.0"] = (prefix, kind)
+                level, j = level + 1, 0
+    return out
+
+
+VAE_DIFFUSERS_BLOCKS = _diffusers_blocks(VAEConfig())        # block paths do not depend on the widths (dim)
+VAE_DIFFUSERS_RESIDUAL = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+                          "conv_shortcut": "shortcut"}
+
+
+def official_name(key):
+    """The official name of a VAE tensor stored under `key`, in either layout (VAE_DIFFUSERS_BLOCKS). No official
+    name starts with a diffusers block path, so official files pass through unchanged."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        block = ".".join(parts[:cut])
+        if block in VAE_DIFFUSERS_BLOCKS:
+            official, kind = VAE_DIFFUSERS_BLOCKS[block]
+            inner = parts[cut:]
+            if kind == "res" and inner[0] in VAE_DIFFUSERS_RESIDUAL:
+                inner = [VAE_DIFFUSERS_RESIDUAL[inner[0]]] + inner[1:]
+            return ".".join([official] + inner)
+    return key
+
+
 def load_vae(path, cfg):
-    """Weights from a safetensors file in the official layout, as float32 (WeightsError on any mismatch)."""
-    return load_weights(path, vae_param_shapes(cfg), dtype=torch.float32)
+    """Weights from a safetensors file (official or diffusers names) as {official key: float32 tensor}
+    (WeightsError on any mismatch)."""
+    return load_weights(path, vae_param_shapes(cfg), dtype=torch.float32, rename=official_name)
 
 
 def tiny_weights(seed=0):

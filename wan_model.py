@@ -1,10 +1,13 @@
 """Wan2.1 model stack as pure functions over weight dicts: DiT, UMT5 text encoder, CLIP image encoder.
 
-Every function here takes a flat dict of tensors keyed exactly as in the safetensors file gvcc reads (official
-Wan names for the DiT, Hugging Face names for UMT5 and CLIP, see ../shared/spec/wan.md sections 1, 3 and 1.8),
-plus a frozen config. There is no nn.Module and no hidden state. Reading order:
+Every function here takes a flat dict of tensors keyed exactly as in the official-layout safetensors files
+(official Wan names for the DiT, Hugging Face names for UMT5 and CLIP, see ../shared/spec/wan.md sections 1, 3
+and 1.8; a diffusers-layout folder's names are mapped to these as they are read), plus a frozen config. There is
+no nn.Module and no hidden state (the one cache, of the weight files' digests, is keyed by the files' identity).
+Reading order:
 
-    Weight files   load_weights (shared with vae.py), read_header, read_stored, random_weights
+    Weight files   load_weights (shared with vae.py), read_header, read_stored; weight folders (official and
+                   diffusers layouts); content digests (the model fingerprint); random_weights
     Configs        DiTConfig / DIT_CONFIGS, T5Config / T5_CONFIGS, CLIPConfig / CLIP_CONFIGS
     Layers         linear, norms, GELUs, attention, timestep sinusoid, 3D RoPE
     DiT            dit_param_shapes, load_dit, dit_forward
@@ -32,6 +35,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -112,10 +116,12 @@ def _file_header(fname):
     return out
 
 
-def read_header(path):
-    """{key: StoredTensor} for every tensor behind `path` (file or shard index), known prefix stripped.
+def read_header(path, rename=None):
+    """{name: StoredTensor} for every tensor behind `path` (file or shard index), known prefix stripped.
 
-    Reads only the headers (no tensor data), so it is cheap even for the 14B files.
+    rename maps a stored name to the official one (dit_official_name, vae.official_name, ...: the diffusers
+    layout's tables); two stored tensors that map to one name are a WeightsError. Reads only the headers (no
+    tensor data), so it is cheap even for the 14B files.
     """
     stored = {}
     for fname in weight_files(path):
@@ -126,6 +132,10 @@ def read_header(path):
             for prefix in KNOWN_PREFIXES:
                 if name.startswith(prefix):
                     name = name[len(prefix):]
+            if rename is not None:
+                name = rename(name)
+            if name in stored:
+                raise WeightsError(f"{fname}: '{key}' and '{stored[name].key}' are both '{name}'")
             stored[name] = entry
     return stored
 
@@ -151,17 +161,18 @@ def read_stored(path, names):
     return out
 
 
-def load_weights(path, expected, dtype=torch.float32, device="cpu", extra_ok=(), skip=()):
+def load_weights(path, expected, dtype=torch.float32, device="cpu", extra_ok=(), skip=(), rename=None):
     """Read the tensors named in `expected` ({key: shape}) from `path`, casting floating ones to `dtype`.
 
     `dtype` is a torch dtype, or a function key -> dtype (how load_dit keeps its fp32 islands).
     The file is read lazily, one tensor at a time, so peak memory is the returned dict plus one tensor.
-    An optional known prefix (KNOWN_PREFIXES) is stripped. Keys in `extra_ok` may be present and are
-    returned as stored (e.g. the uint8 `spiece_model` tensor); keys in `skip` may be present and are not
-    read (weights the model never uses). Any other key the file has beyond `expected`, any missing key,
-    wrong shape or non-float dtype is a WeightsError naming key and file.
+    An optional known prefix (KNOWN_PREFIXES) is stripped and `rename` maps other layouts' names to the
+    official ones (read_header). Keys in `extra_ok` may be present and are returned as stored (e.g. the uint8
+    `spiece_model` tensor); keys in `skip` may be present and are not read (weights the model never uses).
+    Any other key the file has beyond `expected`, any missing key, wrong shape or non-float dtype is a
+    WeightsError naming key and file.
     """
-    stored = read_header(path)
+    stored = read_header(path, rename)
     for name in expected:
         if name not in stored:
             raise WeightsError(f"{path}: missing key '{name}' (expected shape {list(expected[name])})")
@@ -192,6 +203,167 @@ def load_weights(path, expected, dtype=torch.float32, device="cpu", extra_ok=(),
         for fh in handles.values():
             fh.close()
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight folders: two layouts of the same networks (`gvcc.py --weights DIR`)
+# --------------------------------------------------------------------------------------------------
+# official:  one safetensors file per network, named as gvcc.py's MODELS table says (what weights_fetch.sh
+#            fetches): official Wan names for the DiT and VAE, Hugging Face names for UMT5 and CLIP, the
+#            tokenizer inside the UMT5 file as the uint8 tensor `spiece_model`.
+# diffusers: a Wan-AI/Wan2.1-*-Diffusers pipeline folder, recognised by its model_index.json: one subfolder per
+#            network, each one safetensors file or shards with an index, diffusers / transformers names, the
+#            tokenizer in tokenizer/. The loaders map the names (dit_official_name, vae.official_name,
+#            clip_official_name; UMT5's are the same in both layouts).
+DIFFUSERS_FILES = {                     # network -> (subfolder, file name without .safetensors)
+    "dit": ("transformer", "diffusion_pytorch_model"),
+    "vae": ("vae", "diffusion_pytorch_model"),
+    "t5": ("text_encoder", "model"),
+    "clip": ("image_encoder", "model"),
+}
+DIFFUSERS_TOKENIZER = ("tokenizer", "spiece.model")
+
+
+def pipeline_folder(weights_dir):
+    """The diffusers pipeline folder that `weights_dir` names, or None when it is an official-layout folder.
+
+    That is `weights_dir` itself when it holds model_index.json, or, for a Hugging Face cache entry
+    (~/.cache/huggingface/hub/models--Wan-AI--Wan2.1-T2V-1.3B-Diffusers), the snapshot its refs/main names.
+    """
+    if os.path.isfile(os.path.join(weights_dir, "model_index.json")):
+        return weights_dir
+    try:
+        with open(os.path.join(weights_dir, "refs", "main")) as fh:
+            snapshot = os.path.join(weights_dir, "snapshots", fh.read().strip())
+    except OSError:
+        return None
+    return snapshot if os.path.isfile(os.path.join(snapshot, "model_index.json")) else None
+
+
+def diffusers_file(folder, part):
+    """The weights of network `part` in a pipeline folder: SUB/NAME.safetensors.index.json when sharded, else
+    SUB/NAME.safetensors; None when neither exists."""
+    sub, name = DIFFUSERS_FILES[part]
+    for path in (os.path.join(folder, sub, name + ".safetensors.index.json"),
+                 os.path.join(folder, sub, name + ".safetensors")):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def tokenizer_file(t5_path):
+    """The SentencePiece model of a UMT5 file in a pipeline folder's text_encoder/: ../tokenizer/spiece.model,
+    or None when there is none."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(t5_path))), *DIFFUSERS_TOKENIZER)
+    return path if os.path.isfile(path) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Content digests (gvcc.py's model fingerprint): SHA-256 of every tensor's stored bytes
+# --------------------------------------------------------------------------------------------------
+# Hashing reads every byte of a file (SHA-256 runs at about 1.7 GB/s on one core here), so a file's digests are
+# cached, in this process and on disk (one JSON file per weight file in $GVCC_CACHE, else $XDG_CACHE_HOME/gvcc,
+# else ~/.cache/gvcc), under the file's identity: device, inode, size, modification and change times. An entry
+# is kept only when the file had not changed for DIGEST_RACY_NS before it was hashed (git's rule for "racily
+# clean" files): a write in the same clock tick as an earlier one may leave the times as they were.
+DIGEST_CACHE_VERSION = 1
+DIGEST_RACY_NS = 2 * 10 ** 9
+DIGEST_CHUNK = 16 << 20                 # bytes read at a time
+DIGEST_THREADS = 8                      # tensors hashed at once, at most (and at most the machine's cores)
+_DIGESTS = {}                           # realpath -> (identity, {stored key: sha256 hex})
+
+
+def digest_cache_folder():
+    """Where digests are cached on disk: $GVCC_CACHE, else $XDG_CACHE_HOME/gvcc, else ~/.cache/gvcc."""
+    if os.environ.get("GVCC_CACHE"):
+        return os.environ["GVCC_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gvcc")
+
+
+def _identity(st):
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _hash_tensors(fname):
+    """{stored key: sha256 hex of its bytes} of every tensor of one safetensors file, read in DIGEST_CHUNK pieces.
+
+    Tensors are hashed by up to DIGEST_THREADS threads (file reads and hashlib release the GIL), each with its
+    own file handle and buffer, so a machine with a few cores hashes about as fast as its disk reads."""
+    import hashlib
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    local = threading.local()
+
+    def digest(entry):
+        if not hasattr(local, "fh"):
+            local.fh, local.buf = open(fname, "rb"), memoryview(bytearray(DIGEST_CHUNK))
+            handles.append(local.fh)
+        h, left = hashlib.sha256(), entry.end - entry.begin
+        local.fh.seek(entry.begin)
+        while left:
+            n = local.fh.readinto(local.buf[:min(left, DIGEST_CHUNK)])
+            if not n:
+                raise WeightsError(f"{fname}: truncated while reading '{entry.key}'")
+            h.update(local.buf[:n])
+            left -= n
+        return h.hexdigest()
+
+    entries, handles = sorted(_file_header(fname).values(), key=lambda e: e.begin), []
+    try:
+        with ThreadPoolExecutor(min(DIGEST_THREADS, os.cpu_count() or 1)) as pool:
+            return {e.key: d for e, d in zip(entries, pool.map(digest, entries))}
+    finally:
+        for fh in handles:
+            fh.close()
+
+
+def file_digests(fname, on_hash=None):
+    """{stored key: sha256 hex} of every tensor of one safetensors file, from the cache when it holds an entry for
+    the file as it is now, else hashed (on_hash(fname, size) is called first: hashing a 14B DiT takes a while)."""
+    import hashlib
+    real = os.path.realpath(fname)
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        raise WeightsError(f"{fname}: cannot read ({exc.strerror})") from None
+    ident = _identity(st)
+    if real in _DIGESTS and _DIGESTS[real][0] == ident:
+        return _DIGESTS[real][1]
+    entry = os.path.join(digest_cache_folder(), "weights", hashlib.sha256(real.encode()).hexdigest()[:32] + ".json")
+    try:
+        with open(entry) as fh:
+            cached = json.load(fh)
+        if cached["version"] == DIGEST_CACHE_VERSION and cached["path"] == real and cached["identity"] == ident:
+            _DIGESTS[real] = (ident, cached["tensors"])
+            return cached["tensors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass                            # no entry, or a damaged one: hash again
+    if on_hash is not None:
+        on_hash(fname, st.st_size)
+    started = time.time_ns()
+    digests = _hash_tensors(real)
+    if _identity(os.stat(real)) != ident or max(st.st_mtime_ns, st.st_ctime_ns) + DIGEST_RACY_NS > started:
+        return digests                  # changed during hashing, or too recently to trust its times
+    _DIGESTS[real] = (ident, digests)
+    tmp = f"{entry}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(entry), exist_ok=True)
+        with open(tmp, "w") as fh:
+            json.dump({"version": DIGEST_CACHE_VERSION, "path": real, "identity": ident, "tensors": digests}, fh)
+        os.replace(tmp, entry)
+    except OSError:                     # an unwritable cache only costs the next run the hashing
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return digests
+
+
+def tensor_digests(path, rename=None, on_hash=None):
+    """{name: (safetensors dtype, shape, sha256 hex)} of every tensor behind `path` (file or shard index), named
+    as read_header names them."""
+    stored = read_header(path, rename)
+    digests = {fname: file_digests(fname, on_hash) for fname in sorted({e.file for e in stored.values()})}
+    return {name: (e.dtype, e.shape, digests[e.file][e.key]) for name, e in stored.items()}
 
 
 def random_weights(shapes, seed, dtype=torch.float32):
@@ -540,17 +712,69 @@ def dit_param_dtype(key, dtype):
     return dtype
 
 
+# The diffusers layout (WanTransformer3DModel, the Wan-AI/Wan2.1-*-Diffusers repositories' transformer/): its
+# module paths -> the official ones, the inverse of diffusers' scripts/convert_wan_to_diffusers.py (wan.md 5.3).
+# A key is a module path plus its parameter (.weight, .bias); scale_shift_table and pos_embed are parameters
+# themselves. Every other key (patch_embedding.*) has the same name in both layouts, and no official name is a
+# diffusers module path, so official files pass through dit_official_name unchanged.
+DIT_DIFFUSERS_NAMES = {
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.image_embedder.norm1": "img_emb.proj.0",
+    "condition_embedder.image_embedder.ff.net.0.proj": "img_emb.proj.1",
+    "condition_embedder.image_embedder.ff.net.2": "img_emb.proj.3",
+    "condition_embedder.image_embedder.norm2": "img_emb.proj.4",
+    "condition_embedder.image_embedder.pos_embed": "img_emb.emb_pos",
+    "scale_shift_table": "head.modulation",
+    "proj_out": "head.head",
+}
+DIT_DIFFUSERS_BLOCK_NAMES = {           # inside blocks.{i}.
+    "scale_shift_table": "modulation",
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
+    "attn1.norm_q": "self_attn.norm_q", "attn1.norm_k": "self_attn.norm_k",
+    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
+    "attn2.norm_q": "cross_attn.norm_q", "attn2.norm_k": "cross_attn.norm_k",
+    "attn2.add_k_proj": "cross_attn.k_img", "attn2.add_v_proj": "cross_attn.v_img",
+    "attn2.norm_added_k": "cross_attn.norm_k_img",
+    "norm2": "norm3",                   # the affine LayerNorm before the cross-attention (diffusers swaps 2 and 3)
+    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+}
+
+
+def _rename_module(key, table):
+    """key with its module path (or, for a bare parameter, the whole key) replaced by table's entry, if any."""
+    if key in table:
+        return table[key]
+    module, _, leaf = key.rpartition(".")
+    return f"{table[module]}.{leaf}" if module in table else key
+
+
+def dit_official_name(key):
+    """The official name of a DiT tensor stored under `key`, in either layout (DIT_DIFFUSERS_NAMES)."""
+    if key.startswith("blocks."):
+        _, i, rest = key.split(".", 2)
+        return f"blocks.{i}.{_rename_module(rest, DIT_DIFFUSERS_BLOCK_NAMES)}"
+    return _rename_module(key, DIT_DIFFUSERS_NAMES)
+
+
 def load_dit(path, cfg, dtype=torch.float32, device="cpu"):
-    """Load a Wan2.1 DiT from safetensors (file or shard index) as {official key: tensor}.
+    """Load a Wan2.1 DiT from safetensors (file or shard index, official or diffusers names) as {official key:
+    tensor}.
 
     float32: every tensor float32 (16-bit files are upcast). bfloat16: big weights bf16, fp32 islands float32.
     A file that holds another released config than `cfg` is a WeightsError saying which one it looks like.
     """
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"DiT dtype must be float32 or bfloat16, not {dtype}")
-    header = read_header(path)
+    header = read_header(path, dit_official_name)
     _check_model(path, header, cfg, DIT_CONFIGS, dit_param_shapes, kind="DiT")
-    return load_weights(path, dit_param_shapes(cfg), dtype=lambda key: dit_param_dtype(key, dtype), device=device)
+    return load_weights(path, dit_param_shapes(cfg), dtype=lambda key: dit_param_dtype(key, dtype), device=device,
+                        rename=dit_official_name)
 
 
 # ==================================================================================================
@@ -753,7 +977,8 @@ _T5_SKIP = ("encoder.embed_tokens.weight",)
 def load_t5(path, cfg, dtype=torch.float32, spiece_path=None):
     """Load the UMT5 encoder as ({HF key: tensor}, sentencepiece.SentencePieceProcessor).
 
-    The tokenizer comes from `spiece_path` when given, else from the file's uint8 `spiece_model` tensor.
+    The tokenizer comes from `spiece_path` when given, else from the file's uint8 `spiece_model` tensor, else
+    (a diffusers text_encoder/ folder) from the pipeline's tokenizer/spiece.model (tokenizer_file).
     UMT5 overflows in float16, so float16 is refused; 16-bit files are upcast to `dtype`.
     """
     import sentencepiece
@@ -764,6 +989,8 @@ def load_t5(path, cfg, dtype=torch.float32, spiece_path=None):
     _check_model(path, header, cfg, T5_CONFIGS, t5_param_shapes, optional=_T5_EXTRA + _T5_SKIP, kind="UMT5")
     params = load_weights(path, t5_param_shapes(cfg), dtype=dtype, extra_ok=_T5_EXTRA, skip=_T5_SKIP)
     blob = params.pop("spiece_model", None)
+    if spiece_path is None and blob is None:
+        spiece_path = tokenizer_file(path)
     if spiece_path is not None:
         with open(spiece_path, "rb") as fh:
             model_proto = fh.read()
@@ -773,7 +1000,7 @@ def load_t5(path, cfg, dtype=torch.float32, spiece_path=None):
                                f"got {blob.dtype} {list(blob.shape)}")
         model_proto = blob.numpy().tobytes()
     else:
-        raise WeightsError(f"{path}: no 'spiece_model' tensor in the file and no spiece.model given")
+        raise WeightsError(f"{path}: no 'spiece_model' tensor in the file and no tokenizer/spiece.model beside it")
     tokenizer = sentencepiece.SentencePieceProcessor()
     try:
         tokenizer.LoadFromSerializedProto(model_proto)
@@ -925,15 +1152,21 @@ def _clip_unused(cfg):
                  ) + ("vision_model.embeddings.position_ids",)
 
 
+def clip_official_name(key):
+    """The name gvcc uses for a CLIP tensor stored under `key`: transformers 5 saves a bare CLIPVisionModel (a
+    diffusers image_encoder/) without the `vision_model.` prefix that every other CLIP file has."""
+    return key if key.startswith(("vision_model.", "visual_projection.")) else "vision_model." + key
+
+
 def load_clip(path, cfg, dtype=torch.float32):
     """Load the CLIP vision tower as {HF key: tensor}, without the tensors Wan does not use."""
     unused = _clip_unused(cfg)
-    header = read_header(path)
+    header = read_header(path, clip_official_name)
     # recognition compares the full file layout; a file without the unused keys is fine too
     _check_model(path, header, cfg, CLIP_CONFIGS, clip_param_shapes, optional=("vision_model.embeddings.position_ids",),
                  kind="CLIP")
     used = {k: s for k, s in clip_param_shapes(cfg).items() if k not in unused}
-    return load_weights(path, used, dtype=dtype, skip=unused)
+    return load_weights(path, used, dtype=dtype, skip=unused, rename=clip_official_name)
 
 
 def clip_encode(params, cfg, images):
@@ -943,7 +1176,7 @@ def clip_encode(params, cfg, images):
     mean/std, then the ViT up to and including layer num_layers - 2: the penultimate layer's output, no
     post-norm, no projection (HF hidden_states[-2]).
     """
-    p, v, n = params, "vision_model.", cfg.num_heads
+    p, v = params, "vision_model."
     w = p[v + "embeddings.patch_embedding.weight"]
     x = images.to(w.device).float()                                                           # [n_img, 3, H, W]
     if x.shape[-2:] != (cfg.image_size, cfg.image_size):

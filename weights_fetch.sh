@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # weights_fetch.sh: download the safetensors files one gvcc model needs, resumably, verified, idempotently.
 #
-#   ./weights_fetch.sh [--dry-run | --check] [MODEL] [DIR]
+#   ./weights_fetch.sh [--dry-run | --check] [--vae bf16 | fp32] [MODEL] [DIR]
 #
 #   MODEL  t2v-1.3B (default) | t2v-14B | i2v-14B-480P | i2v-14B-720P | flf2v-14B-720P
 #          (also i2v-480P, i2v-720P, flf2v-720P)
 #   DIR    weights folder (default $GVCC_WEIGHTS, else ./weights); files get the names gvcc.py's MODELS use
 #   --dry-run  print what would be fetched, with sizes, and exit
 #   --check    verify the files already in DIR, fetch nothing (exit 1 if any is missing or bad)
+#   --vae      bf16 (default): Comfy-Org's 16-bit VAE, 254 MB; fp32: the official float32 VAE the authors ran,
+#              508 MB, from the Wan-AI/Wan2.1-T2V-1.3B-Diffusers repository's vae/ (diffusers key names, which
+#              gvcc maps). Either is saved as wan_2.1_vae.safetensors; streams made with one do not decode with
+#              the other (the model fingerprint tells them apart).
 #
 # Sources (wan.md 5.5): the T2V-1.3B DiT is the official fp32 file (Wan-AI/Wan2.1-T2V-1.3B, official key names);
 # everything else comes from Comfy-Org/Wan_2.1_ComfyUI_repackaged, the one repo that holds every component as
-# safetensors (14B DiTs fp16, VAE 16-bit, UMT5-XXL fp16 with its tokenizer embedded as `spiece_model`, CLIP ViT-H).
+# safetensors (14B DiTs fp16, VAE 16-bit, UMT5-XXL fp16 with its tokenizer embedded as `spiece_model`, CLIP ViT-H),
+# except the float32 VAE of --vae fp32 (the official weights in safetensors form are published only there).
 #
 # Each download goes to NAME.part with `curl -L -C -` (an interrupted run resumes where it stopped) and is renamed
 # to NAME only after it verifies. Verification:
@@ -31,7 +36,9 @@ HF=https://huggingface.co
 COMFY=$HF/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files
 
 # name | size | sha256 ("-": not known) | url
-# Sizes: umt5 exact (hub listing); "N+" = params x bytes per param (wan.md 1.1, 2.1, 3.1; CLIP vision 632 076 800).
+# name is the file's name in DIR, with ":VARIANT" where one name has several sources (the VAE).
+# Sizes: umt5 exact (hub listing); "N+" = params x bytes per param (wan.md 1.1, 2.1, 3.1; CLIP vision 632 076 800;
+# VAE 126 892 531).
 # 14B Comfy file names are as listed in wan.md 5.4 (seen in mirrors, marked there to verify once online).
 default_table() {
   cat <<EOF
@@ -41,6 +48,7 @@ wan2.1_i2v_480p_14B_fp16.safetensors    32789757568+  -  $COMFY/diffusion_models
 wan2.1_i2v_720p_14B_fp16.safetensors    32789757568+  -  $COMFY/diffusion_models/wan2.1_i2v_720p_14B_fp16.safetensors
 wan2.1_flf2v_720p_14B_fp16.safetensors  32791073408+  -  $COMFY/diffusion_models/wan2.1_flf2v_720p_14B_fp16.safetensors
 wan_2.1_vae.safetensors                 253785062+    -  $COMFY/vae/wan_2.1_vae.safetensors
+wan_2.1_vae.safetensors:fp32            507570124+    -  $HF/Wan-AI/Wan2.1-T2V-1.3B-Diffusers/resolve/main/vae/diffusion_pytorch_model.safetensors
 umt5_xxl_fp16.safetensors               11366399385   -  $COMFY/text_encoders/umt5_xxl_fp16.safetensors
 clip_vision_h.safetensors               1264153600+   -  $COMFY/clip_vision/clip_vision_h.safetensors
 EOF
@@ -48,12 +56,12 @@ EOF
 
 MAX_EXTRA=$((16 * 1024 * 1024))   # bytes a "N+" file may hold beyond its tensor payload
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "weights_fetch.sh: error: $*" >&2; exit 1; }
 
 # ---- the files of each model --------------------------------------------------------------------------------
 model_files() {
-  local common="wan_2.1_vae.safetensors umt5_xxl_fp16.safetensors"
+  local common="wan_2.1_vae.safetensors$vae_variant umt5_xxl_fp16.safetensors"
   case "$1" in
     t2v-1.3B) echo "wan2.1_t2v_1.3B_fp32.safetensors $common" ;;
     t2v-14B) echo "wan2.1_t2v_14B_fp16.safetensors $common" ;;
@@ -128,17 +136,24 @@ complete_part() { local e; e=$(header_size "$1" 2>/dev/null) && [ "$(stat -c %s 
 
 # ---- main ---------------------------------------------------------------------------------------------------
 mode=fetch
+vae_variant=
 args=()
-for a in "$@"; do
-  case "$a" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dry-run) mode=dry ;;
     --check) mode=check ;;
+    --vae)
+      [ $# -ge 2 ] || die "--vae needs bf16 or fp32"
+      case "$2" in bf16) vae_variant= ;; fp32) vae_variant=:fp32 ;; *) die "--vae $2: expected bf16 or fp32" ;; esac
+      shift ;;
     -h | --help) usage; exit 0 ;;
-    -*) die "unknown option $a" ;;
-    *) args+=("$a") ;;
+    -*) die "unknown option $1" ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
-[ "${#args[@]}" -le 2 ] || die "too many arguments (usage: weights_fetch.sh [--dry-run|--check] [MODEL] [DIR])"
+[ "${#args[@]}" -le 2 ] ||
+  die "too many arguments (usage: weights_fetch.sh [--dry-run|--check] [--vae bf16|fp32] [MODEL] [DIR])"
 model=${args[0]:-t2v-1.3B}
 dir=${args[1]:-${GVCC_WEIGHTS:-weights}}
 files=$(model_files "$model")
@@ -147,19 +162,21 @@ echo "model $model -> $dir"
 total=0
 todo=0
 for name in $files; do
+  local_name=${name%%:*}
   size=$(field "$name" 2)
   state="to fetch"
-  if [ -e "$dir/$name" ]; then
+  if [ -e "$dir/$local_name" ]; then
     state="present"
-  elif [ -e "$dir/$name.part" ]; then
-    state="partial, $(stat -c %s "$dir/$name.part") bytes, will resume"
+  elif [ -e "$dir/$local_name.part" ]; then
+    state="partial, $(stat -c %s "$dir/$local_name.part") bytes, will resume"
   fi
   [ "$state" = present ] || todo=$((todo + ${size%+}))
   total=$((total + ${size%+}))
   sha=$(field "$name" 3)
   [ "$sha" = "-" ] && sha="sha256 unverified"
-  printf '  %-40s %10s%s  %s  [%s]\n' "$name" "$(human "$size")" "$([ "${size%+}" != "$size" ] && echo '+' || echo ' ')" \
-    "$sha" "$state"
+  variant=${name#"$local_name"}
+  printf '  %-40s %10s%s  %s  [%s]\n' "$local_name${variant:+ (${variant#:})}" "$(human "$size")" \
+    "$([ "${size%+}" != "$size" ] && echo '+' || echo ' ')" "$sha" "$state"
   [ "$mode" = dry ] && printf '    %s\n' "$(field "$name" 4)"
 done
 echo "total $(human $total), still to download about $(human $todo)  (+: tensor payload, header not included)"
@@ -168,8 +185,8 @@ echo "total $(human $total), still to download about $(human $todo)  (+: tensor 
 if [ "$mode" = check ]; then
   bad=0
   for name in $files; do
-    if [ ! -e "$dir/$name" ]; then echo "missing $dir/$name" >&2; bad=1
-    elif verify "$dir/$name" "$name"; then echo "ok      $dir/$name"
+    if [ ! -e "$dir/${name%%:*}" ]; then echo "missing $dir/${name%%:*}" >&2; bad=1
+    elif verify "$dir/${name%%:*}" "$name"; then echo "ok      $dir/${name%%:*}"
     else bad=1; fi
   done
   exit $bad
@@ -178,7 +195,7 @@ fi
 command -v curl >/dev/null || die "curl not found"
 mkdir -p "$dir"
 for name in $files; do
-  dest="$dir/$name"
+  dest="$dir/${name%%:*}"
   if [ -e "$dest" ]; then
     verify "$dest" "$name" || die "$dest is there but does not verify; delete it and run again"
     echo "ok      $dest (already there)"

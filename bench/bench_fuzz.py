@@ -1,5 +1,6 @@
-"""The decoder against hostile streams, in numbers (issue 11): the fuzz corpus of tests/test_fuzz.py in process
-and through the CLI, parse time against stream length, and unranking cost per byte against the plain walk.
+"""The decoder against hostile streams, in numbers (issues 11 and 20): the fuzz corpus of tests/test_fuzz.py in
+process and through the CLI, parse time against stream length, and unranking cost per byte on a random and on
+adversarial index sets, against issue 11's algorithm.
 
     .venv/bin/python bench/bench_fuzz.py                 # corpus in process + parse linearity + unranking
     .venv/bin/python bench/bench_fuzz.py --cli 300       # also 300 `gvcc.py decode` / `info` runs (slow)
@@ -18,23 +19,51 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import bitstream  # noqa: E402
+import test_bitstream  # noqa: E402
 import test_fuzz  # noqa: E402
 
 
-def walk_unrank(rank, K, M):
-    """The reference: combination_unrank as it was before issue 11, one walk step per value 0..K-1."""
+def issue11_unrank(rank, K, M):
+    """The reference: combination_unrank as issue 11 left it, a walk of up to 4 k + 16 steps per position
+    (k values after it) and then a galloping search over binomial sums."""
     indices, v, n, k = [], 0, K - 1, M - 1
     b = math.comb(n, k)
     for _ in range(M):
+        budget = 4 * k + 16
         while rank >= b:
+            if not budget:
+                v, rank = _gallop(rank, K, v, k)
+                n = K - 1 - v
+                b = math.comb(n, k)
+                break
             rank -= b
             b = b * (n - k) // n
-            n, v = n - 1, v + 1
+            n, v, budget = n - 1, v + 1, budget - 1
         indices.append(v)
         if k:
             b = b * k // n
         n, k, v = n - 1, k - 1, v + 1
     return indices
+
+
+def _gallop(rank, K, v, k):
+    total = math.comb(K - v, k + 1)
+    need = total - rank
+    lo, step, top = v, 1, K - 1 - k
+    hi = top
+    while lo + step <= top:
+        if math.comb(K - lo - step, k + 1) >= need:
+            lo, step = lo + step, 2 * step
+        else:
+            hi = lo + step - 1
+            break
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if math.comb(K - mid, k + 1) >= need:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, rank - (total - math.comb(K - lo, k + 1))
 
 
 def best_time(fn, repeat=3):
@@ -47,19 +76,24 @@ def best_time(fn, repeat=3):
 
 
 def unranking_table():
-    print("\nUnranking the worst rank of each kind (time per byte of symbol; walk = the pre-issue-11 algorithm)")
-    print(f"{'K':>6} {'M':>5} {'bytes':>6} {'worst set':>22} {'gvcc us/B':>10} {'walk us/B':>10} {'ratio':>7}")
+    print("\nUnranking per byte of symbol (rank + signs), microseconds: a random index set, and the worst of the "
+          "adversarial sets\n(tests/test_bitstream.py adversarial_index_sets); before = issue 11's walk and "
+          "galloping search")
+    print(f"{'K':>6} {'M':>5} {'bytes':>6} {'random':>7} {'before':>7} {'worst':>7} {'worst set':>20} "
+          f"{'before':>7} {'worst set (before)':>20} {'worst/random':>13}")
     for K, M in ((65536, 1), (65536, 2), (65536, 17), (16384, 64), (16384, 128), (65536, 512), (65536, 4096)):
         nbytes = (bitstream.rank_bits(K, M) + M) / 8
-        sets = {"last M values": list(range(K - M, K)), "0 then the last": [0] + list(range(K - M + 1, K)),
-                "gap at position M/2": list(range(M // 2)) + list(range(K - M + M // 2, K))}
-        worst = max(((best_time(lambda s=s: bitstream.combination_unrank(bitstream.combination_rank(s, K), K, M))
-                      , name, s) for name, s in sets.items()))
-        rank = bitstream.combination_rank(worst[2], K)
-        ours = best_time(lambda: bitstream.combination_unrank(rank, K, M))
-        walk = best_time(lambda: walk_unrank(rank, K, M), repeat=1)
-        print(f"{K:>6} {M:>5} {nbytes:>6.0f} {worst[1]:>22} {1e6 * ours / nbytes:>10.1f} "
-              f"{1e6 * walk / nbytes:>10.1f} {walk / ours:>6.0f}x")
+        repeat = 1 if M >= 4096 else 3
+        now, before = {}, {}
+        for name, s in test_bitstream.adversarial_index_sets(K, M).items():
+            rank = bitstream.combination_rank(s, K)
+            assert bitstream.combination_unrank(rank, K, M) == s and issue11_unrank(rank, K, M) == s
+            now[name] = 1e6 * best_time(lambda: bitstream.combination_unrank(rank, K, M), repeat) / nbytes
+            before[name] = 1e6 * best_time(lambda: issue11_unrank(rank, K, M), repeat) / nbytes
+        worst, worst_before = max(now, key=now.get), max(before, key=before.get)
+        print(f"{K:>6} {M:>5} {nbytes:>6.0f} {now['random']:>7.1f} {before['random']:>7.1f} {now[worst]:>7.1f} "
+              f"{worst:>20} {before[worst_before]:>7.1f} {worst_before:>20} {now[worst] / now['random']:>12.2f}x",
+              flush=True)
 
 
 def parse_table():

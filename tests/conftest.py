@@ -8,6 +8,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory):
+    """The weight files' digest cache (wan_model.file_digests) in a folder of this session, also for the gvcc.py
+    subprocesses the tests start, instead of the user's ~/.cache/gvcc."""
+    os.environ["GVCC_CACHE"] = str(tmp_path_factory.mktemp("gvcc_cache"))
+    return os.environ["GVCC_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
     """A folder with the tiny random-weight models, written by `gvcc.py make-tiny` as a user would."""

@@ -725,12 +725,78 @@ def test_memory_does_not_grow_with_the_symbols():
     assert peak < 64 * 1024, peak
 
 
-def test_unrank_long_gaps_search_instead_of_walking():
-    # Gaps longer than the walk's budget (4 k + 16) take the galloping search: every rank of these sizes.
+def adversarial_index_sets(K, M, seed=1):
+    """{name: sorted M-subset of 0..K-1}: index sets shaped against unranking (issues 11 and 20), and a random one.
+
+    Contiguous runs and one long gap; then every position's gap set to where a walk hands over to a search: issue
+    11's walk took 4 k + 16 steps (k values after the position) before galloping, today's takes 16 + j / 8 + 8
+    (j values left, this one included) before one binomial. Gaps stop growing where the set would leave 0..K-1.
+    """
+    def gaps(length):
+        out, c = [], -1
+        for i in range(M):
+            c = min(c + 1 + length(M - i), K - (M - i))
+            out.append(c)
+        return out
+    return {
+        "random": sorted(random.Random(seed).sample(range(K), M)),
+        "last M values": list(range(K - M, K)),
+        "0 then the last": [0] + list(range(K - M + 1, K)),
+        "gap at position M/2": list(range(M // 2)) + list(range(K - M + M // 2, K)),
+        "gaps 4k+15": gaps(lambda j: 4 * (j - 1) + 15),
+        "gaps 4k+16": gaps(lambda j: 4 * (j - 1) + 16),
+        "gaps j/8+24": gaps(lambda j: j // 8 + 24),
+        "gaps j/8+25": gaps(lambda j: j // 8 + 25),
+        "gaps K/M": gaps(lambda j: K // M - 1),
+    }
+
+
+def test_unrank_long_gaps_jump_instead_of_walking():
+    # Gaps longer than the walk (16 steps, then up to j / 8 + 8 more) take the jump: every rank of these sizes.
     for K, M in ((100, 1), (100, 2), (60, 3)):
         for position, subset in enumerate(itertools.combinations(range(K), M)):
             assert bs.combination_unrank(position, K, M) == list(subset)
-    # The forged maximal ranks of the issue: a 31-bit rank that once walked 65536 values per symbol.
+    # The forged maximal ranks of issue 11: a 31-bit rank that once walked 65536 values per symbol.
     for K, M in ((65536, 1), (65536, 2), (65536, 17), (16384, 128)):
         for s in (list(range(K - M, K)), [0] + list(range(K - M + 1, K)), list(range(K // 2, K // 2 + M))):
+            assert bs.combination_unrank(bs.combination_rank(s, K), K, M) == s
+
+
+class CountingMath:
+    """The math module, counting math.comb calls (what bounds unranking's work)."""
+    def __init__(self):
+        self.combs = 0
+
+    def comb(self, n, k):
+        self.combs += 1
+        return math.comb(n, k)
+
+    def __getattr__(self, name):
+        return getattr(math, name)
+
+
+@pytest.mark.parametrize("K, M", [(16384, 64), (65536, 17), (65536, 512)])
+def test_unranking_costs_at_most_one_binomial_per_position(K, M, monkeypatch):
+    """Issue 20: index sets shaped to defeat issue 11's galloping search (up to 271 us per codebook byte). Now
+    every position takes at most one binomial (plus a bounded walk), whatever the set: no search over K."""
+    for name, s in adversarial_index_sets(K, M).items():
+        rank = bs.combination_rank(s, K)
+        bs._num_subsets(K, M)                   # cached before counting
+        counting = CountingMath()
+        monkeypatch.setattr(bs, "math", counting)
+        assert bs.combination_unrank(rank, K, M) == s, name
+        monkeypatch.setattr(bs, "math", math)
+        assert counting.combs <= M + 1, (name, counting.combs)
+
+
+def test_unranking_is_exact_when_the_float_estimate_is_wrong(monkeypatch):
+    """The floats only choose where to look: with estimates far off, the exact bisection still finds every set."""
+    rng = random.Random(4)
+    cases = [(K, M, list(s)) for K, M in ((40, 1), (40, 2), (30, 3)) for s in itertools.combinations(range(K), M)]
+    cases += [(K, M, s) for K, M in ((16384, 64), (65536, 17))
+              for s in adversarial_index_sets(K, M).values()]
+    for wrong in (lambda left, hi, j: j - 1, lambda left, hi, j: hi - 1,
+                  lambda left, hi, j: rng.randrange(j - 1, hi)):
+        monkeypatch.setattr(bs, "_estimate", wrong)
+        for K, M, s in cases:
             assert bs.combination_unrank(bs.combination_rank(s, K), K, M) == s

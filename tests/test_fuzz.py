@@ -1,9 +1,10 @@
-"""The decoder's fuzz harness (issue 11): a deterministic corpus of damaged and forged streams derived from valid
-t2v, i2v and flf2v streams of the tiny models, run in process through everything `gvcc.py decode` does before
-its networks run (bitstream.open_stream, then gvcc.check_decode: ranks, model, limits, output, memory estimate,
-every still and residual). Every input must be accepted or rejected with one line of gvcc's own errors: no
-other exception, no file left behind, and at most 64 MiB above the baseline, measured both by tracemalloc
-(Python and numpy allocations) and by the process's peak resident memory (libavif's allocations too).
+"""The decoder's fuzz harness (issues 11 and 20): a deterministic corpus of damaged and forged streams derived from
+valid t2v, i2v and flf2v streams of the tiny models, and of streams carrying index sets shaped against the
+unranking, run in process through everything `gvcc.py decode` does besides its networks (bitstream.open_stream,
+then gvcc.check_decode: ranks, model, limits, output, memory estimate, every still and residual; then, for an
+accepted stream, every symbol unranked). Every input must be accepted or rejected with one line of gvcc's own
+errors: no other exception, no file left behind, and at most 64 MiB above the baseline, measured both by
+tracemalloc (Python and numpy allocations) and by the process's peak resident memory (libavif's allocations too).
 
     .venv/bin/python -m pytest -q -s tests/test_fuzz.py              # the in-process corpus (default run)
     .venv/bin/python -m pytest -q -s -m slow tests/test_fuzz.py      # + a few hundred `gvcc.py` runs
@@ -30,7 +31,7 @@ import gvcc
 import media
 from bitstream import BitstreamError
 from media import MediaError
-from test_bitstream import refix_crcs
+from test_bitstream import adversarial_index_sets, refix_crcs
 from wan_model import WeightsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +93,24 @@ def forged_headers(t2v_header):
         "generator 2": dataclasses.replace(h, generator=2),
         "odd size": dataclasses.replace(h, width=41, height=23),
     }
+
+
+# (K, M, which of test_bitstream.adversarial_index_sets): the index sets shaped against unranking (issue 20)
+ADVERSARIAL_SETS = [(16384, 64, None), (65536, 512, None), (65536, 4096, ("random", "gaps j/8+24", "gaps K/M"))]
+
+
+def adversarial_streams(t2v_header):
+    """[(kind, bytes)]: valid t2v streams of one symbol each (one GOP of 1 frame, one SDE step), carrying the
+    adversarial index sets of ADVERSARIAL_SETS."""
+    out = []
+    for K, M, names in ADVERSARIAL_SETS:
+        header = dataclasses.replace(t2v_header, K=K, M=M, M_tail=M, tail_frames=0, frames=1, gop_frames=5,
+                                     steps=2, tail_steps=1)
+        for name, s in adversarial_index_sets(K, M).items():
+            if names is None or name in names:
+                gop = bitstream.Gop(symbols=[[(s, [i % 2 for i in range(M)])]])
+                out.append((f"adversarial index set: K {K} M {M} {name}", bitstream.write_stream(header, [gop])))
+    return out
 
 
 def corpus(bases, seed=11):
@@ -156,6 +175,7 @@ def corpus(bases, seed=11):
     t2v_header = bitstream.read_header(bases["t2v"])
     for name, header in forged_headers(t2v_header).items():
         out.append((f"forged header: {name}", raw_t2v(header, rng)))
+    out += adversarial_streams(t2v_header)
     big = forged_headers(t2v_header)["K 65536 M 2 1000 steps"]
     out.append(("forged header: K 65536 M 2, rank out of range", raw_t2v(big, rng, valid_ranks=False)))
     out += [("empty", b""), ("magic only", b"GVCC"), ("other format", b"RIFF" + bytes(60)),
@@ -187,17 +207,28 @@ def decode_args(weights, outdir):
 
 
 def run_input(data, args):
-    """(outcome, tracemalloc peak above baseline, RSS peak above baseline or None, seconds) for one input.
+    """(outcome, tracemalloc peak above baseline, RSS peak above baseline or None, seconds, unranking) for one input.
 
-    outcome: "accepted", "error: <first words>", or "TRACEBACK <type>: <message>" for anything else."""
+    outcome: "accepted", "error: <first words>", or "TRACEBACK <type>: <message>" for anything else. An accepted
+    stream then has every symbol unpacked and unranked, the decoder's integer work besides the checks; unranking
+    is (seconds, codebook bytes) of that."""
     rss_ok = _reset_rss_peak()
     rss_before = _rss("VmRSS:") if rss_ok else 0
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
     start = time.perf_counter()
+    unranking = (0.0, 0)
     try:
-        gvcc.check_decode(bitstream.open_stream(data), args)
+        stream = bitstream.open_stream(data)
+        gvcc.check_decode(stream, args)
         outcome = "accepted"
+        began, codebook = time.perf_counter(), 0
+        for gop in stream:
+            for j in range(bitstream.sde_steps(stream.header)):
+                for f in range(gop.info.latent_frames):
+                    gop.symbol(j, f)
+            codebook += len(gop.codebook)
+        unranking = (time.perf_counter() - began, codebook)
     except CLEAN_ERRORS as exc:
         message = str(exc)
         outcome = "error: " + " ".join(message.split()[:4]) if message and "\n" not in message else \
@@ -207,20 +238,20 @@ def run_input(data, args):
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1] - before
     rss = _rss("VmHWM:") - rss_before if rss_ok else None
-    return outcome, peak, rss, seconds
+    return outcome, peak, rss, seconds, unranking
 
 
 def run_corpus(inputs, weights, outdir):
     """Run every input; returns a summary dict (the harness's numbers)."""
     args = decode_args(weights, outdir)
     run_input(inputs[0][1], args)                   # warm-up: imports and caches are not the input's cost
-    outcomes, tracebacks, worst = Counter(), [], dict(peak=(0, ""), rss=(0, ""))
+    outcomes, tracebacks, worst = Counter(), [], dict(peak=(0, ""), rss=(0, ""), unrank=(0.0, ""))
     leftovers = 0
     tracemalloc.start()
     start = time.perf_counter()
     try:
         for kind, data in inputs:
-            outcome, peak, rss, _ = run_input(data, args)
+            outcome, peak, rss, _, (unrank_seconds, codebook) = run_input(data, args)
             outcomes["accepted" if outcome == "accepted" else "traceback" if outcome.startswith("TRACEBACK")
                      else "rejected"] += 1
             if outcome.startswith("TRACEBACK"):
@@ -228,6 +259,8 @@ def run_corpus(inputs, weights, outdir):
             worst["peak"] = max(worst["peak"], (peak, kind))
             if rss is not None:
                 worst["rss"] = max(worst["rss"], (rss, kind))
+            if codebook >= 64:                      # per byte, where there are bytes enough to time
+                worst["unrank"] = max(worst["unrank"], (1e6 * unrank_seconds / codebook, kind))
             if os.listdir(outdir):
                 leftovers += len(os.listdir(outdir))
                 for name in os.listdir(outdir):
@@ -236,14 +269,15 @@ def run_corpus(inputs, weights, outdir):
         seconds = time.perf_counter() - start
         tracemalloc.stop()
     return dict(inputs=len(inputs), outcomes=outcomes, tracebacks=tracebacks, leftovers=leftovers,
-                peak=worst["peak"], rss=worst["rss"], seconds=seconds)
+                peak=worst["peak"], rss=worst["rss"], unrank=worst["unrank"], seconds=seconds)
 
 
 def format_summary(s):
     return (f"{s['inputs']} inputs: {s['outcomes']['rejected']} rejected, {s['outcomes']['accepted']} accepted, "
             f"{len(s['tracebacks'])} tracebacks, {s['leftovers']} leftover files; worst tracemalloc peak "
             f"{s['peak'][0] / 2 ** 20:.2f} MiB ({s['peak'][1]}), worst RSS peak {s['rss'][0] / 2 ** 20:.2f} MiB "
-            f"({s['rss'][1]}); {s['seconds']:.1f} s")
+            f"({s['rss'][1]}); slowest unranking {s['unrank'][0]:.1f} us per codebook byte ({s['unrank'][1]}); "
+            f"{s['seconds']:.1f} s")
 
 
 def read_bases(tiny_streams):
@@ -262,6 +296,17 @@ def test_corpus_is_deterministic_and_large(tiny_streams):
     bases = read_bases(tiny_streams)
     a, b = corpus(bases), corpus(bases)
     assert len(a) >= 10_000 and a == b
+
+
+def test_adversarial_index_sets_are_accepted_and_unrank_exactly(tiny_streams, tiny_weights, tmp_path):
+    streams = adversarial_streams(bitstream.read_header(read_bases(tiny_streams)["t2v"]))
+    assert len(streams) == 9 + 9 + 3
+    args = decode_args(tiny_weights, str(tmp_path))
+    for kind, data in streams:
+        outcome, *_, (seconds, codebook) = run_input(data, args)
+        assert outcome == "accepted" and codebook > 0, (kind, outcome)
+        K, M, name = int(kind.split()[4]), int(kind.split()[6]), kind.split(maxsplit=7)[7]
+        assert next(iter(bitstream.open_stream(data))).symbol(0, 0)[0] == adversarial_index_sets(K, M)[name]
 
 
 def test_fuzz_in_process(tiny_streams, tiny_weights, tmp_path):

@@ -172,6 +172,38 @@ def test_opencv_yuv_conversion_is_bit_exact(height, width):
     assert np.array_equal(media.yuv420_to_rgb_opencv(y, u, v), want)
 
 
+@pytest.mark.parametrize("height,width", [(47, 64), (48, 63), (1, 2)])
+def test_opencv_yuv_conversion_refuses_odd_sizes(height, width):
+    y = np.zeros((height, width), np.uint8)
+    u = v = np.zeros((height // 2, width // 2), np.uint8)
+    with pytest.raises(media.MediaError, match=f"even frame size.*Y {width}x{height}"):
+        media.yuv420_to_rgb_opencv(y, u, v)
+    with pytest.raises(media.MediaError, match="4:2:0"):                    # chroma planes of another size
+        media.yuv420_to_rgb_opencv(np.zeros((4, 4), np.uint8), np.zeros((2, 3), np.uint8), np.zeros((2, 2), np.uint8))
+
+
+def test_paper_accounting_counts_the_frames_each_gop_adds():
+    """Issue 20: on gvcc's shared-boundary grid an I2V or FLF2V GOP after the first adds 32 new frames of its 33
+    (dividing by 33 made the I2V rate 2.9 % low over 18 GOPs); T2V GOPs do not overlap."""
+    rows = lambda hdr: [dict(index=g, residual_bytes=64 + 100, still_bytes=500)      # noqa: E731
+                        for g in range(bitstream.num_gops(hdr))]
+    for mode in ("t2v", "i2v", "flf2v"):
+        hdr = t2v_header(1 + 32 * 18 if mode != "t2v" else 33 * 18, 64, 48, mode=mode, gop_frames=33,
+                         model=f"tiny-{mode}", residual=int(mode == "i2v"), still_quality=0 if mode == "t2v" else 50)
+        paper = gvcc.paper_accounting(hdr, rows(hdr))
+        frames = [g["frames"] for g in paper["gops"]]
+        assert frames == ([33] * 18 if mode == "t2v" else [33] + [32] * 17)
+        for g in paper["gops"]:
+            assert g["bpp"] == g["bits"] / (g["frames"] * 64 * 48)
+            assert g["kbps16"] == g["bits"] / (g["frames"] / 16) / 1000
+        if mode == "i2v":                       # the GOPs' mean, each over the frames it adds
+            assert paper["bpp"] == pytest.approx(np.mean([g["bpp"] for g in paper["gops"]]))
+            dividing_by_33 = np.mean([g["bits"] / (33 * 64 * 48) for g in paper["gops"]])
+            assert paper["bpp"] / dividing_by_33 == pytest.approx(1 + 17 / 18 / 32, rel=1e-9)     # 2.95 % more
+        if mode == "flf2v":                     # total bits over total frames
+            assert paper["bpp"] == paper["bits"] / (sum(frames) * 64 * 48) and sum(frames) == hdr.frames
+
+
 # ==================================================================================================
 # 3. bench/paper.py end to end
 # ==================================================================================================

@@ -166,3 +166,29 @@ def test_check_reports_a_damaged_file(tmp_path):
     out = run("t2v-1.3B", str(dest), env=env)    # a final file that fails is reported, not overwritten
     assert out.returncode == 1 and "does not verify" in out.stderr
     assert os.path.getsize(dest / name) == len(files[name]) - 10
+
+
+def test_vae_fp32_variant(tmp_path):
+    """--vae fp32 fetches the official float32 VAE (the Diffusers repository's vae/, diffusers key names, which gvcc
+    maps) under the same local name; the 16-bit file is the default and the two do not verify as each other."""
+    out = run("--dry-run", "--vae", "fp32", "t2v-1.3B", "/nonexistent")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "wan_2.1_vae.safetensors (fp32)" in line)
+    assert "507.6 MB+" in lines[at]
+    assert lines[at + 1].strip() == ("https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers/resolve/main/vae/"
+                                     "diffusion_pytorch_model.safetensors")
+    assert run("--vae", "fp64", "--dry-run").returncode == 1
+
+    env, files, table = fake_sources(tmp_path)
+    vae = EXPECTED_FILES["t2v-1.3B"][1]
+    fp32 = tmp_path / "hub" / "vae_fp32.safetensors"
+    # as the real pair, the float32 file is more than 16 MiB above the 16-bit payload (254 MB more there)
+    save_file({"w": torch.zeros(4_400_000, dtype=torch.float32)}, str(fp32))
+    table.write_text(table.read_text() + f"{vae}:fp32 17600000+ - file://{fp32}\n")
+    dest = tmp_path / "weights"
+    assert run("--vae", "fp32", "t2v-1.3B", str(dest), env=env).returncode == 0
+    assert (dest / vae).read_bytes() == fp32.read_bytes()
+    assert run("--check", "--vae", "fp32", "t2v-1.3B", str(dest), env=env).returncode == 0
+    out = run("--check", "t2v-1.3B", str(dest), env=env)              # the default is the 16-bit one
+    assert out.returncode == 1 and "another variant" in out.stderr

@@ -11,8 +11,10 @@ otherwise. Distortion is against the clip's 4:2:0 planes as every codec receives
 reference), rate is the whole file against the clip's size. Rows:
 
     vae        encode-decode through the demo VAE alone (vae.encode / vae.decode): the ceiling of any latent codec
-    no-bits    `encode --g-scale 0`: the sampler's ODE from x_T, the symbols carry nothing (the same as sampling
-               without any bits; i2v and flf2v still send their stills), so its rate is the stills' and headers'
+    no-bits    the sampler's ODE from x_T: a `-M 1` stream (i2v without its residual) rewritten with g_scale_q = 0,
+               so that the symbols are multiplied by zero, then decoded (no_bits below; `encode` refuses g_scale
+               0, the format does not). i2v and flf2v still send their stills, so its rate is the stills' and
+               headers'
     gvcc       `encode -M M` for each M (K = 1024), and `--codebook shift` at the same (M, K): the same rate
     x264 / x265 / av1   bench/rd_sweep.run_anchor at gvcc t2v's rates (two-pass, one keyframe)
     i2v loop   the I2V closed loop over 4 GOPs of 17 frames on bikes' held-out part (63 frames): per-GOP PSNR
@@ -77,6 +79,25 @@ def encode(ref, out_dir, tag, mode, args):
     return stream, media.read_video(recon).frames, time.time() - start
 
 
+def no_bits(ref, out_dir, mode):
+    """The no-bits baseline of `mode` on the reference: (stream, decoded frames, seconds). A `-M 1` stream (i2v
+    without a residual) whose header says g_scale 0: every SDE step's noise term g_t z vanishes, so the decoder
+    runs the sampler's ODE from x_T (Euler steps, the same grid and the same stills) and the symbols carry nothing."""
+    import dataclasses
+
+    import bitstream
+    args = ["-M", "1"] + (["--residual-bits", "0"] if mode == "i2v" else [])
+    stream, _, took = encode(ref, out_dir, f"{mode}_M1_for_nobits", mode, args)
+    with open(stream, "rb") as fh:
+        hdr, gops = bitstream.read_stream(fh.read())
+    out, dec = os.path.join(out_dir, f"{mode}_nobits.gvcc"), os.path.join(out_dir, f"{mode}_nobits.y4m")
+    media.atomic_write(out, bitstream.write_stream(dataclasses.replace(hdr, g_scale_q=0), gops))
+    start = time.time()
+    if gvcc.main(["decode", out, dec, "-y", "--quiet"]) != 0:
+        raise SystemExit(f"bench_demo: gvcc decode {out} failed")
+    return out, media.read_video(dec).frames, took + time.time() - start
+
+
 def row(clip, mode, codec, setting, ref, frames, *, M=None, K=None, stream=None, bits=None, seconds=None):
     if stream is not None:
         bits = 8 * os.path.getsize(stream)
@@ -98,7 +119,7 @@ def bench_clip(clip, out_dir, args):
     print(f"{clip}: {ref.width}x{ref.height}, {ref.frames} frames; VAE ceiling {rows[0]['psnr']:.2f} dB",
           file=sys.stderr, flush=True)
     for mode in args.modes:
-        stream, rec, took = encode(ref, clip_dir, f"{mode}_nobits", mode, ["-M", "1", "--g-scale", "0"])
+        stream, rec, took = no_bits(ref, clip_dir, mode)
         codebook = gvcc_codebook_bits(stream)
         rows.append(row(clip, mode, "no-bits", "ODE from x_T", ref, rec, bits=8 * os.path.getsize(stream) - codebook,
                         seconds=took))

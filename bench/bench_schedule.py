@@ -2,7 +2,7 @@
 
     python bench/bench_schedule.py cost [--layers 1] [--latent-frames 1] [--repeats 2]
     python bench/bench_schedule.py quality [--out out/schedule-bench] [--clips bigbuckbunny,bikes,carphone]
-                                           [--Ms 4,8,16] [--modes t2v]
+                                           [--Ms 4,8,16] [--modes t2v] [--schedules fast,s=10/2/1]
 
 cost: per preset, DiT calls per GOP and FLOPs per GOP from the shapes of Wan2.1-T2V-1.3B (480x832 and 1280x720,
 33 frames, text context 512), and the time of one GOP's sampler (gvcc.run_gop) at T2V-1.3B dims with random
@@ -96,6 +96,14 @@ def quality(args):
     import train_demo
     from bench_demo import CLIP_NAMES, psnr_mean, ssim_mean
     os.makedirs(args.out, exist_ok=True)
+    speeds = ["paper"]
+    for item in args.schedules.split(","):            # a preset's name, or NAME=STEPS/TAIL/PERIOD to try one
+        name, _, spec = item.partition("=")
+        if spec:
+            steps, tail, period = (int(v) for v in spec.split("/"))
+            gvcc.SPEEDS[name] = {"dit_period": period, "steps": steps, "tail_steps": tail}
+        if name != "paper":
+            speeds.append(name)
     rows = []
     for clip in args.clips.split(","):
         frames, fps = train_demo.held_out_frames(CLIP_NAMES[clip])
@@ -106,11 +114,11 @@ def quality(args):
         for mode in args.modes.split(","):
             for m in [int(v) for v in args.Ms.split(",")]:
                 paper_bpp = None
-                for speed in gvcc.SPEEDS:
+                for speed in speeds:
                     stream = os.path.join(folder, f"{mode}_M{m}_{speed}.gvcc")
                     recon = stream[:-5] + "_recon.y4m"
-                    rate = ["-M", str(m)] if paper_bpp is None or speed != "fastest" else \
-                        ["--bpp", f"{paper_bpp:.6f}"]
+                    same_steps = preset_settings(speed).sde_steps == preset_settings("paper").sde_steps
+                    rate = ["-M", str(m)] if speed == "paper" or same_steps else ["--bpp", f"{paper_bpp:.6f}"]
                     argv = ["encode", ref.y4m, stream, "--model", f"demo-{mode}", "--speed", speed, "--recon",
                             recon, "-y", "--quiet", *rate]
                     start = time.time()
@@ -124,14 +132,15 @@ def quality(args):
                                      ssim=ssim_mean(ref.rgb, dec), seconds=took))
                     print(f"{clip} {mode} M {m} {speed}: {bpp:.4f} bpp {rows[-1]['psnr']:.2f} dB ({took:.0f} s)",
                           file=sys.stderr, flush=True)
-    print("| clip | mode | M (paper) | preset | bpp | PSNR (dB) | SSIM | vs paper (dB) |")
-    print("|---|---|---|---|---|---|---|---|")
-    losses = {speed: [] for speed in gvcc.SPEEDS}
+    print("| clip | mode | M (paper) | schedule | DiT calls | bpp | PSNR (dB) | SSIM | vs paper (dB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    losses = {speed: [] for speed in speeds}
     for r in rows:
         base = next(p for p in rows if (p["clip"], p["mode"], p["M"], p["speed"]) ==
                     (r["clip"], r["mode"], r["M"], "paper"))
         losses[r["speed"]].append(r["psnr"] - base["psnr"])
-        print(f"| {r['clip']} | {r['mode']} | {r['M']} | {r['speed']} | {r['bpp']:.4f} | {r['psnr']:.2f} | "
+        print(f"| {r['clip']} | {r['mode']} | {r['M']} | {r['speed']} | {preset_settings(r['speed']).model_calls} | "
+              f"{r['bpp']:.4f} | {r['psnr']:.2f} | "
               f"{r['ssim']:.3f} | {r['psnr'] - base['psnr']:+.2f} |")
     print("\nmean change against paper at equal rate: " +
           ", ".join(f"{s} {np.mean(v):+.2f} dB" for s, v in losses.items()))
@@ -147,6 +156,8 @@ def main(argv=None):
     p.add_argument("--clips", default="bigbuckbunny,bikes,carphone")
     p.add_argument("--modes", default="t2v")
     p.add_argument("--Ms", default="4,8,16")
+    p.add_argument("--schedules", default=",".join(gvcc.SPEEDS),
+                   help="presets, or NAME=STEPS/TAIL/PERIOD for a schedule to try (quality; default every preset)")
     p.add_argument("--frames-per-clip", dest="frames", type=int, default=33)
     args = p.parse_args(argv)
     cost(args) if args.what == "cost" else quality(args)

@@ -54,7 +54,7 @@ tests/test_demo.py.
 Reproducibility
 ---------------
 Everything is seeded (--seed; every random choice comes from one torch.Generator per stage, whose state is
-checkpointed). Stages run in order (vae, normalise, latents, t2v, i2v, flf2v, export); each writes its result to
+checkpointed). Stages run in order (vae, vae_long, normalise, latents, t2v, i2v, flf2v, export); each writes its result to
 the work folder and is skipped when that result exists; the training stages checkpoint every CHECKPOINT_EVERY
 steps and resume from the last checkpoint after an interruption, with the same sample sequence. The same
 machine, torch build and --threads give the same weights; another CPU rounds differently.
@@ -411,11 +411,13 @@ def dit_loss(p, cfg, samples, context, gen, shift=3.0):
 CHECKPOINT_EVERY = 100
 RECIPE = dict(
     vae_steps=2000, vae_batch=4, vae_frames=5, vae_crop=64, vae_lr=1e-3, kl_weight=1e-4,
-    windows=240, window_frames=((33, 0.6), (17, 0.25), (9, 0.15)),
+    vae_long_steps=500, vae_long_batch=2, vae_long_frames=13, vae_long_crop=64, vae_long_lr=3e-4,
+    windows=200, window_frames=((33, 0.6), (17, 0.25), (9, 0.15)),
     crops=((160, 96), (192, 80), (128, 112), (128, 96)),
-    t2v_steps=1000, i2v_steps=500, flf2v_steps=500, dit_batch=8, dit_lr=5e-4, shift=3.0,
+    t2v_steps=600, i2v_steps=300, flf2v_steps=300, dit_batch=8, dit_lr=5e-4, shift=3.0,
 )
-QUICK = dict(RECIPE, vae_steps=30, vae_batch=2, windows=6, t2v_steps=12, i2v_steps=8, flf2v_steps=8, dit_batch=2)
+QUICK = dict(RECIPE, vae_steps=30, vae_long_steps=10, vae_batch=2, windows=6, t2v_steps=12, i2v_steps=8,
+             flf2v_steps=8, dit_batch=2)
 
 
 def lr_at(step, total, peak):
@@ -482,16 +484,22 @@ def train(name, work, params, loss_fn, steps, lr, seed, log_every=25):
     return ema
 
 
-def stage_vae(work, recipe, seed, clips):
+def stage_vae(work, recipe, seed, clips, long=False, start=None):
+    """The VAE on short clips (vae_frames: the first frame and one chunk of 4), then, with long=True, fine-tuned
+    from `start` on longer ones (vae_long_*: 13 frames, so that every chunk after the second sees the cache of a
+    full chunk of 4 before it, as in a 33-frame GOP; trained on 5 frames only, the frames after the fifth come
+    out 5 dB worse)."""
     cfg = vae.VAE_CONFIGS["demo"]
-    r = recipe
+    key = "vae_long_" if long else "vae_"
+    r = {k[len(key):]: v for k, v in recipe.items() if k.startswith(key)}
 
     def loss_fn(p, gen):
-        x = to_batch([sample_clip(clips, gen, r["vae_frames"], r["vae_crop"], r["vae_crop"], scale=(0.4, 1.0))
-                      for _ in range(r["vae_batch"])])
-        loss, l1, kl = vae_loss(p, cfg, x, gen, r["kl_weight"])
+        x = to_batch([sample_clip(clips, gen, r["frames"], r["crop"], r["crop"], scale=(0.4, 1.0))
+                      for _ in range(r["batch"])])
+        loss, l1, kl = vae_loss(p, cfg, x, gen, recipe["kl_weight"])
         return loss, {"l1": l1, "kl": kl}
-    return train("vae", work, vae_init(cfg, seed), loss_fn, r["vae_steps"], r["vae_lr"], seed + 1)
+    return train("vae_long" if long else "vae", work, start if long else vae_init(cfg, seed), loss_fn, r["steps"],
+                 r["lr"], seed + (5 if long else 1))
 
 
 def latent_statistics(p, cfg, clips, seed, n=24):
@@ -586,7 +594,7 @@ def run(work, out_dir, recipe, seed, threads):
     if os.path.exists(path):
         vae_params = torch.load(path)
     else:
-        trained = stage_vae(work, recipe, seed, clips)
+        trained = stage_vae(work, recipe, seed, clips, long=True, start=stage_vae(work, recipe, seed, clips))
         mean_n, std_n = latent_statistics(trained, vae_cfg, clips, seed + 2)
         print(f"normalise: latent mean {mean_n.abs().max():.3f} (largest), std {std_n.min():.3f}..{std_n.max():.3f}"
               f" -> folded into conv1 / conv2", file=sys.stderr)

@@ -26,6 +26,7 @@ the VAE's reconstruction, gvcc t2v at the default M, the no-bits baseline and x2
 """
 import argparse
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+import bitstream  # noqa: E402
 import gvcc  # noqa: E402
 import media  # noqa: E402
 import rd_sweep  # noqa: E402
@@ -79,19 +81,25 @@ def encode(ref, out_dir, tag, mode, args):
     return stream, media.read_video(recon).frames, time.time() - start
 
 
+# encode's arguments for the stream that no_bits rewrites: one atom, and no i2v tail residual (it carries bits)
+NO_BITS_ARGS = {"t2v": ["-M", "1"], "i2v": ["-M", "1", "--residual-bits", "0"], "flf2v": ["-M", "1"]}
+
+
+def write_without_bits(stream, out):
+    """Write to `out` the gvcc stream `stream` with g_scale_q = 0 in its header: every SDE step's noise term
+    g_t z vanishes, so its decode is the sampler's ODE from x_T, whatever the symbols say."""
+    with open(stream, "rb") as fh:
+        hdr, gops = bitstream.read_stream(fh.read())
+    media.atomic_write(out, bitstream.write_stream(dataclasses.replace(hdr, g_scale_q=0), gops))
+
+
 def no_bits(ref, out_dir, mode):
     """The no-bits baseline of `mode` on the reference: (stream, decoded frames, seconds). A `-M 1` stream (i2v
     without a residual) whose header says g_scale 0: every SDE step's noise term g_t z vanishes, so the decoder
     runs the sampler's ODE from x_T (Euler steps, the same grid and the same stills) and the symbols carry nothing."""
-    import dataclasses
-
-    import bitstream
-    args = ["-M", "1"] + (["--residual-bits", "0"] if mode == "i2v" else [])
-    stream, _, took = encode(ref, out_dir, f"{mode}_M1_for_nobits", mode, args)
-    with open(stream, "rb") as fh:
-        hdr, gops = bitstream.read_stream(fh.read())
+    stream, _, took = encode(ref, out_dir, f"{mode}_M1_for_nobits", mode, NO_BITS_ARGS[mode])
     out, dec = os.path.join(out_dir, f"{mode}_nobits.gvcc"), os.path.join(out_dir, f"{mode}_nobits.y4m")
-    media.atomic_write(out, bitstream.write_stream(dataclasses.replace(hdr, g_scale_q=0), gops))
+    write_without_bits(stream, out)
     start = time.time()
     if gvcc.main(["decode", out, dec, "-y", "--quiet"]) != 0:
         raise SystemExit(f"bench_demo: gvcc decode {out} failed")
@@ -147,7 +155,6 @@ def bench_clip(clip, out_dir, args):
 
 def gvcc_codebook_bits(stream):
     """Codebook bits of a stream (bitstream.py section 5.2), to count a no-bits run's rate without them."""
-    import bitstream
     with open(stream, "rb") as fh:
         hdr = bitstream.read_header(fh.read())
     return sum(sum(bitstream.codebook_bits(hdr, info.latent_frames)) for info in bitstream.gop_layout(hdr))

@@ -1,6 +1,6 @@
 """Train gvcc's demo models: a small Wan2.1 VAE and three small Wan2.1 DiTs, on a CPU, from clips anyone can get.
 
-    python bench/train_demo.py                    # the whole recipe: about two hours on 2 CPU cores
+    python bench/train_demo.py                    # the whole recipe: about 2.5 hours on 2 CPU cores
     python bench/train_demo.py --work DIR         # checkpoints and caches (default out/demo-train); resumable
     python bench/train_demo.py held-out DIR       # the held-out clips at the demo size, as .y4m, for trying it
 
@@ -490,8 +490,7 @@ def stage_vae(work, recipe, seed, clips, long=False, start=None):
     full chunk of 4 before it, as in a 33-frame GOP; trained on 5 frames only, the frames after the fifth come
     out 5 dB worse)."""
     cfg = vae.VAE_CONFIGS["demo"]
-    key = "vae_long_" if long else "vae_"
-    r = {k[len(key):]: v for k, v in recipe.items() if k.startswith(key)}
+    r = {k: recipe[("vae_long_" if long else "vae_") + k] for k in ("steps", "batch", "frames", "crop", "lr")}
 
     def loss_fn(p, gen):
         x = to_batch([sample_clip(clips, gen, r["frames"], r["crop"], r["crop"], scale=(0.4, 1.0))

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import gvcc
+import media
 import vae
 import wan_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import bench_demo  # noqa: E402
 import train_demo  # noqa: E402
 
 DEMO = gvcc.DEMO_WEIGHTS
@@ -162,7 +164,6 @@ def test_dit_training_lowers_the_rectified_flow_loss():
 
 @pytest.fixture(scope="module")
 def carphone(tmp_path_factory):
-    import media
     frames, fps = train_demo.held_out_frames("carphone_pristine.mp4")
     folder = tmp_path_factory.mktemp("demo_quality")
     src = str(folder / "carphone.y4m")
@@ -177,13 +178,11 @@ DEFAULT_PSNR = {"t2v": 17.0, "i2v": 18.0, "flf2v": 18.0}
 
 
 def psnr(ref, dec):
-    import media
     return float(np.mean(media.psnr(ref, dec)))
 
 
 def encode(carphone, mode, tag, *extra):
     """`gvcc.py encode` with the demo model (no --weights); (stream path, reconstruction, bits per pixel)."""
-    import media
     src, ref, folder = carphone
     stream, recon = str(folder / f"{tag}.gvcc"), str(folder / f"{tag}_recon.y4m")
     assert gvcc.main(["encode", src, stream, "--model", f"demo-{mode}", "--gop", "17", "--recon", recon, "-y",
@@ -192,24 +191,16 @@ def encode(carphone, mode, tag, *extra):
 
 
 def decode(stream, out):
-    import media
     assert gvcc.main(["decode", stream, out, "-y", "--quiet"]) == 0
     return media.read_video(out).frames
 
 
 def no_bits(carphone, mode):
-    """The sampler's ODE from x_T: an `-M 1` stream whose header says g_scale 0 (the format allows it, encode does
-    not), so that every symbol is multiplied by zero; decoded frames."""
-    import dataclasses
-
-    import bitstream
-    import media
-    stream, _, _ = encode(carphone, mode, f"{mode}_M1_nobits", "-M", "1",
-                          *(["--residual-bits", "0"] if mode == "i2v" else []))
-    with open(stream, "rb") as fh:
-        hdr, gops = bitstream.read_stream(fh.read())
+    """The sampler's ODE from x_T (bench_demo.write_without_bits: an `-M 1` stream whose header says g_scale 0;
+    the format allows it, encode does not): decoded frames."""
+    stream, _, _ = encode(carphone, mode, f"{mode}_M1_nobits", *bench_demo.NO_BITS_ARGS[mode])
     out = stream[:-5] + "_g0.gvcc"
-    media.atomic_write(out, bitstream.write_stream(dataclasses.replace(hdr, g_scale_q=0), gops))
+    bench_demo.write_without_bits(stream, out)
     return decode(out, out[:-5] + ".y4m")
 
 

@@ -270,10 +270,11 @@ symbols: the rate does not change, only the DiT work. The decision is a fixed fu
 of a float value, so every decoder takes the same branch (a TeaCache-style threshold could not be decoded on
 other hardware). This is the authors' "x0-cache" of GVCCTurbo (CCdydy/GVCCTurbo_ini), signalled in the stream.
     --speed paper     P = 1, T = 20, 3 tail steps: 20 DiT calls per GOP (the paper's)
-    --speed fast      P = 2, T = 20, 3 tail steps: calls at steps 0, 2, ..., 16 and 17, 18, 19: 12 calls
-    --speed fastest   P = 2, T = 10, 2 tail steps: calls at steps 0, 2, 4, 6 and 8, 9: 6 calls
-`--steps` and `--tail-steps` override a preset's step counts. Fewer steps (fastest) also means fewer SDE steps,
-so fewer bits at the same M: compare presets at equal rate (bench/bench_schedule.py does).
+    --speed fast      P = 3, T = 20, 3 tail steps: calls at steps 0, 3, 6, 9, 12, 15 and 17, 18, 19: 9 calls
+    --speed fastest   P = 2, T = 8, 1 tail step: calls at steps 0, 2, 4, 6 and 7: 5 calls
+`--dit-period`, `--steps` and `--tail-steps` override a preset's values; the header carries the result, so a
+decoder needs no preset table. Fewer steps (fastest) also means fewer SDE steps, so fewer bits at the same M:
+compare schedules at equal rate (bench/bench_schedule.py does; `--bpp` picks M for a rate).
 """
 import argparse
 import dataclasses
@@ -1078,11 +1079,13 @@ def still_frames(hdr, g, info):
     return {"t2v": [], "i2v": first, "flf2v": first + [last]}[hdr.mode]
 
 
-# encode --speed: the model-call schedule (header dit_period) and the step counts it implies unless given.
+# encode --speed: the model-call schedule (header dit_period) and the step counts it implies unless given
+# (--dit-period, --steps and --tail-steps override them). Chosen by bench/bench_schedule.py quality on the demo
+# models at equal rate (README, "Speed"): fast is the fewest calls within 0.3 dB of paper, fastest the best 4x.
 SPEEDS = {
     "paper": dict(dit_period=1),
-    "fast": dict(dit_period=2),
-    "fastest": dict(dit_period=2, steps=10, tail_steps=2),
+    "fast": dict(dit_period=3),
+    "fastest": dict(dit_period=2, steps=8, tail_steps=1),
 }
 
 
@@ -1436,6 +1439,7 @@ def check_encode_options(args, spec, mode):
     args.K = spec.K if args.K is None else args.K
     args.steps = speed.get("steps", spec.steps) if args.steps is None else args.steps
     args.tail_steps = speed.get("tail_steps", 3) if args.tail_steps is None else args.tail_steps
+    args.dit_period = speed["dit_period"] if args.dit_period is None else args.dit_period
     if (args.gop - 1) % 4:
         raise GvccError(f"--gop {args.gop}: a GOP must have 4k+1 frames, at least 5 (33, 17, 9, 5)")
     if min(args.steps - args.tail_steps, args.steps - 1) < 1:
@@ -1503,7 +1507,7 @@ def encode_video(args, video, spec_name, spec, mode, device):
         M=m, M_tail=m_tail, tail_frames=tail_frames, seed=args.seed, still_quality=still_quality,
         still_lossless=int(lossless), residual=int(mode == "i2v" and residual_bits > 0),
         residual_bits=residual_bits or 8, prompt=args.prompt, precision=PRECISIONS.index(precision),
-        text_len=args.text_len, dit_period=SPEEDS[args.speed]["dit_period"])
+        text_len=args.text_len, dit_period=args.dit_period)
     bitstream.check_header(hdr)             # every field within the format's limits before any work
     check_codebook(hdr)
     indices = range(bitstream.num_gops(hdr))
@@ -2214,11 +2218,14 @@ def build_parser():
                    help="i2v: atoms in the last 2 latent frames (default 128; demo models 16)")
     e.add_argument("--speed", choices=tuple(SPEEDS), default="paper",
                    help="model-call schedule, written into the stream: paper (the DiT at every step, 20 steps), "
-                        "fast (every other SDE step reuses the last clean estimate: 12 DiT calls per GOP), "
-                        "fastest (the same on 10 steps: 6 calls) (default paper)")
-    e.add_argument("--steps", type=Int(1, bitstream.MAX_STEPS), help="sampler steps T (default 20; --speed fastest 10)")
+                        "fast (the DiT at every third SDE step, the others reuse its clean estimate: 9 calls per "
+                        "GOP), fastest (every other step of 8: 5 calls) (default paper)")
+    e.add_argument("--dit-period", type=Int(1, bitstream.MAX_DIT_PERIOD),
+                   help="SDE steps k with k %% P != 0 reuse the last clean estimate (default: the --speed preset's, "
+                        "paper 1, fast 3, fastest 2)")
+    e.add_argument("--steps", type=Int(1, bitstream.MAX_STEPS), help="sampler steps T (default 20; --speed fastest 8)")
     e.add_argument("--tail-steps", type=Int(0, bitstream.MAX_STEPS),
-                   help="final ODE steps without bits, fewer than --steps (default 3; --speed fastest 2)")
+                   help="final ODE steps without bits, fewer than --steps (default 3; --speed fastest 1)")
     # both stored in thousandths (bitstream.py: g_scale_q, shift_q); g_scale 0 would make every symbol useless
     e.add_argument("--g-scale", type=Float(0.001, bitstream.MAX_Q / 1000), default=3.0,
                    help="SDE diffusion scale, g_t = g t^2 (default 3)")

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -75,8 +76,8 @@ def test_the_presets_call_the_model_as_documented():
                                  shift=3.0, K=64, seed=0, dit_period=preset["dit_period"])
         return [k for k in range(s.steps) if s.calls_model(k)]
     assert calls("paper") == list(range(20))
-    assert calls("fast") == [0, 2, 4, 6, 8, 10, 12, 14, 16, 17, 18, 19]
-    assert calls("fastest") == [0, 2, 4, 6, 8, 9]
+    assert calls("fast") == [0, 3, 6, 9, 12, 15, 17, 18, 19]
+    assert calls("fastest") == [0, 2, 4, 6, 7]
 
 
 def test_a_skipped_step_keeps_the_last_clean_estimate():
@@ -102,7 +103,7 @@ def test_info_prints_the_schedule_and_a_forged_schedule_is_refused(clip, tiny_we
                       *MODE_ARGS["t2v"]]) == 0
     info = subprocess.run([sys.executable, os.path.join(ROOT, "gvcc.py"), "info", stream], capture_output=True,
                           text=True, check=True).stdout
-    assert "dit_period         2" in info and "12 model calls per GOP of 20 steps" in info
+    assert "dit_period         3" in info and "9 model calls per GOP of 20 steps" in info
     with open(stream, "rb") as fh:
         data = bytearray(fh.read())
     hdr = bitstream.read_header(bytes(data))
@@ -110,7 +111,6 @@ def test_info_prints_the_schedule_and_a_forged_schedule_is_refused(clip, tiny_we
         bad = bytearray(bitstream.write_header(dataclasses.replace(hdr, dit_period=1)))
         bad[67] = forged
         length = len(bad) - 4
-        import zlib
         bad[length:] = zlib.crc32(bytes(bad[:length])).to_bytes(4, "big")
         path = tmp_path / f"forged{forged}.gvcc"
         path.write_bytes(bytes(bad) + bytes(data[len(bad):]))
@@ -119,3 +119,18 @@ def test_info_prints_the_schedule_and_a_forged_schedule_is_refused(clip, tiny_we
         assert res.returncode == 1 and res.stderr.count("\n") == 1
         assert "dit_period" in res.stderr and "Traceback" not in res.stderr
         assert not os.path.exists(tmp_path / "x.y4m")
+
+
+def test_dit_period_overrides_the_preset_and_travels_in_the_header(clip, tiny_weights, tmp_path, monkeypatch):
+    stream, recon, out = (str(tmp_path / n) for n in ("s.gvcc", "recon.y4m", "dec.y4m"))
+    calls = count_calls(monkeypatch)
+    assert gvcc.main(["encode", clip, stream, "--weights", tiny_weights, "--recon", recon, "--speed", "fast",
+                      "--dit-period", "2", *COMMON, *MODE_ARGS["t2v"]]) == 0
+    with open(stream, "rb") as fh:
+        hdr = bitstream.read_header(fh.read())
+    assert (hdr.dit_period, hdr.steps, hdr.tail_steps) == (2, 20, 3)
+    assert len(calls) == bitstream.num_gops(hdr) * 12              # steps 0, 2, ..., 16 and 17, 18, 19
+    calls.clear()
+    assert gvcc.main(["decode", stream, out, "--weights", tiny_weights, "--quiet"]) == 0
+    assert len(calls) == bitstream.num_gops(hdr) * 12
+    assert np.array_equal(media.read_video(out).frames, media.read_video(recon).frames)

@@ -2,7 +2,8 @@
 the no-bits baseline and x264 / x265 / AV1 at the same rates.
 
     python bench/bench_demo.py [--out out/demo-bench] [--clips bigbuckbunny,bikes,carphone] [--modes t2v,i2v,flf2v]
-                               [--Ms 1,2,4,8,16,32,64] [--anchors x264,x265,av1] [--quick]
+                               [--Ms 1,2,4,8,16,32,64] [--anchors x264,x265,av1] [--no-loop]
+    python bench/bench_demo.py --summary out/demo-bench/demo.csv     # the per-clip tables of a finished run
 
 Every number is measured on the held-out part of each clip (bench/train_demo.py: never seen in training), at the
 demo size (DEMO_SIZES there), 33 frames (the first 33 of the held-out part), coded through `gvcc.py encode` with
@@ -192,8 +193,8 @@ def picture(rows, path, default_m):
         for label, r in picks:
             img = Image.fromarray(ref[i] if r is None else r["_frames"][i])
             draw = ImageDraw.Draw(img)
-            text = label if r is None else f"{label} {r['psnr']:.1f} dB" + (
-                f" {r['bpp']:.3f} bpp" if r["bpp"] is not None else "")
+            text = label if r is None else f"{label}: {r['psnr']:.1f} dB" + (
+                f", {r['bpp']:.3f} bpp" if r["bpp"] is not None else "")
             draw.text((3, 2), text, fill=(255, 255, 0))
             tiles.append(np.asarray(img.resize((img.width * 2, img.height * 2), Image.Resampling.NEAREST)))
         strips.append(np.concatenate(tiles, axis=1))
@@ -213,6 +214,36 @@ def print_table(rows, loop):
         print("\nI2V closed loop, bikes held-out, GOPs of 17: PSNR per GOP " + ", ".join(f"{p:.2f}" for p in loop))
 
 
+def print_summary(rows):
+    """Per clip and mode, one line per M: gvcc's rate and quality, shift at the same rate where coded, and each
+    anchor's point nearest that rate (its own rate, since a two-pass target is met only approximately)."""
+    def num(v):
+        return None if v in (None, "") else float(v)
+    for clip in dict.fromkeys(r["clip"] for r in rows):
+        mine = [r for r in rows if r["clip"] == clip]
+        vae_row = next(r for r in mine if r["codec"] == "vae")
+        anchors = list(dict.fromkeys(r["codec"] for r in mine if r["mode"] == "-" and r["codec"] != "vae"))
+        for mode in dict.fromkeys(r["mode"] for r in mine if r["mode"] != "-"):
+            nob = next(r for r in mine if r["mode"] == mode and r["codec"] == "no-bits")
+            print(f"\n{clip} {mode}: VAE ceiling {num(vae_row['psnr']):.2f} dB / SSIM {num(vae_row['ssim']):.3f}; "
+                  f"no-bits {num(nob['psnr']):.2f} dB / {num(nob['ssim']):.3f} at {num(nob['bpp']):.4f} bpp")
+            print("| M | bpp | PSNR | SSIM | shift PSNR | " + " | ".join(f"{a} bpp / PSNR" for a in anchors) + " |")
+            print("|---" * (5 + len(anchors)) + "|")
+            for r in sorted((r for r in mine if r["mode"] == mode and r["codec"] == "gvcc iid"),
+                            key=lambda r: num(r["M"])):
+                bpp = num(r["bpp"])
+                shift = next((s for s in mine if s["mode"] == mode and s["codec"] == "gvcc shift"
+                              and s["M"] == r["M"]), None)
+                cells = [f"{int(num(r['M']))}", f"{bpp:.4f}", f"{num(r['psnr']):.2f}", f"{num(r['ssim']):.3f}",
+                         "-" if shift is None else f"{num(shift['psnr']):.2f}"]
+                for a in anchors:
+                    pts = [x for x in mine if x["codec"] == a]
+                    near = min(pts, key=lambda x: abs(num(x["bpp"]) - bpp)) if pts else None
+                    ok = near is not None and abs(num(near["bpp"]) - bpp) <= 0.25 * bpp
+                    cells.append(f"{num(near['bpp']):.4f} / {num(near['psnr']):.2f}" if ok else "-")
+                print("| " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "out", "demo-bench"))
@@ -223,7 +254,13 @@ def main(argv=None):
     p.add_argument("--anchors", default="x264,x265,av1")
     p.add_argument("--frames", type=int, default=33)
     p.add_argument("--no-loop", action="store_true", help="skip the I2V closed-loop run")
+    p.add_argument("--summary", metavar="CSV", help="print the per-clip summary of a finished run's demo.csv; "
+                                                     "codes nothing")
     args = p.parse_args(argv)
+    if args.summary:
+        with open(args.summary, newline="") as fh:
+            print_summary(list(csv.DictReader(fh)))
+        return
     args.modes = args.modes.split(",")
     args.Ms = [int(m) for m in args.Ms.split(",")]
     args.shift_Ms = [int(m) for m in args.shift_Ms.split(",") if m]
@@ -244,6 +281,7 @@ def main(argv=None):
         w.writeheader()
         w.writerows(rows)
     print_table(rows, loop)
+    print_summary([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
     default_m = gvcc.MODELS["demo-t2v"].M
     if any(r["codec"] == "gvcc iid" and r["M"] == default_m for r in rows):
         picture(rows, os.path.join(args.out, "demo.png"), default_m)

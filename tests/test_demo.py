@@ -181,8 +181,17 @@ def psnr(ref, dec):
     return float(np.mean(media.psnr(ref, dec)))
 
 
+ENCODED = {}     # (mode, options) -> encode's result: the module codes each setting once
+
+
 def encode(carphone, mode, tag, *extra):
     """`gvcc.py encode` with the demo model (no --weights); (stream path, reconstruction, bits per pixel)."""
+    if (mode, extra) not in ENCODED:
+        ENCODED[mode, extra] = _encode(carphone, mode, tag, *extra)
+    return ENCODED[mode, extra]
+
+
+def _encode(carphone, mode, tag, *extra):
     src, ref, folder = carphone
     stream, recon = str(folder / f"{tag}.gvcc"), str(folder / f"{tag}_recon.y4m")
     assert gvcc.main(["encode", src, stream, "--model", f"demo-{mode}", "--gop", "17", "--recon", recon, "-y",

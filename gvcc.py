@@ -1081,7 +1081,9 @@ def still_frames(hdr, g, info):
 
 # encode --speed: the model-call schedule (header dit_period) and the step counts it implies unless given
 # (--dit-period, --steps and --tail-steps override them). Chosen by bench/bench_schedule.py quality on the demo
-# models at equal rate (README, "Speed"): fast is the fewest calls within 0.3 dB of paper, fastest the best 4x.
+# models at equal rate (README, "Speed"): fast is over 2x fewer calls with every point within 0.3 dB of paper
+# (P = 4 averages -0.24 dB but loses up to 0.33 on one clip); fastest ties with 9 steps, 1 tail, P = 2 as the best
+# of the 4x (5-call) schedules measured.
 SPEEDS = {
     "paper": dict(dit_period=1),
     "fast": dict(dit_period=3),

@@ -115,14 +115,12 @@ def quality(args):
         ref = rd_sweep.prepare_reference(os.path.join(folder, "src.y4m"), folder)
         for mode in args.modes.split(","):
             for m in [int(v) for v in args.Ms.split(",")]:
-                paper_bpp = None
+                target = None      # --bpp of the schedules with fewer SDE steps: set by paper's file
                 for speed in speeds:
                     stream = os.path.join(folder, f"{mode}_M{m}_{speed}.gvcc")
                     recon = stream[:-5] + "_recon.y4m"
                     same_steps = preset_settings(speed).sde_steps == preset_settings("paper").sde_steps
-                    # --bpp targets the file before i2v's tail residual (gvcc.py), so aim at paper's rate less
-                    # its residual: the codebook bits match and each file then adds its own residual
-                    rate = ["-M", str(m)] if speed == "paper" or same_steps else ["--bpp", f"{paper_bpp:.6f}"]
+                    rate = ["-M", str(m)] if speed == "paper" or same_steps else ["--bpp", f"{target:.6f}"]
                     argv = ["encode", ref.y4m, stream, "--model", f"demo-{mode}", "--speed", speed, "--recon",
                             recon, "-y", "--quiet", *rate]
                     start = time.time()
@@ -130,11 +128,14 @@ def quality(args):
                         raise SystemExit(f"bench_schedule: gvcc {' '.join(argv)} failed")
                     took = time.time() - start
                     dec = media.read_video(recon).frames
-                    bpp = 8 * os.path.getsize(stream) / (ref.width * ref.height * ref.frames)
+                    pixels = ref.width * ref.height * ref.frames
+                    bpp = 8 * os.path.getsize(stream) / pixels
                     if speed == "paper":
+                        # --bpp targets the file before i2v's tail residual (gvcc.py), so aim at paper's rate
+                        # less its residual: the rest matches, and each file then adds its own residual
                         with open(stream, "rb") as fh:
                             residual = sum(len(g.residual) for g in bitstream.read_stream(fh.read())[1])
-                        paper_bpp = bpp - 8 * residual / (ref.width * ref.height * ref.frames)
+                        target = bpp - 8 * residual / pixels
                     rows.append(dict(clip=clip, mode=mode, M=m, speed=speed, bpp=bpp, psnr=psnr_mean(ref.rgb, dec),
                                      ssim=ssim_mean(ref.rgb, dec), seconds=took))
                     print(f"{clip} {mode} M {m} {speed}: {bpp:.4f} bpp {rows[-1]['psnr']:.2f} dB ({took:.0f} s)",

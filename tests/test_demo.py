@@ -181,22 +181,20 @@ def psnr(ref, dec):
     return float(np.mean(media.psnr(ref, dec)))
 
 
-ENCODED = {}     # (mode, options) -> encode's result: the module codes each setting once
+ENCODED = {}     # file tag -> encode's result: the module codes each setting once
 
 
-def encode(carphone, mode, tag, *extra):
-    """`gvcc.py encode` with the demo model (no --weights); (stream path, reconstruction, bits per pixel)."""
-    if (mode, extra) not in ENCODED:
-        ENCODED[mode, extra] = _encode(carphone, mode, tag, *extra)
-    return ENCODED[mode, extra]
-
-
-def _encode(carphone, mode, tag, *extra):
-    src, ref, folder = carphone
-    stream, recon = str(folder / f"{tag}.gvcc"), str(folder / f"{tag}_recon.y4m")
-    assert gvcc.main(["encode", src, stream, "--model", f"demo-{mode}", "--gop", "17", "--recon", recon, "-y",
-                      "--quiet", *extra]) == 0
-    return stream, media.read_video(recon).frames, 8 * os.path.getsize(stream) / ref.size * 3
+def encode(carphone, mode, *extra):
+    """`gvcc.py encode` with the demo model (no --weights) and the options `extra`, once per setting in this module;
+    (stream path, reconstruction, bits per pixel)."""
+    tag = "_".join([mode, *(e.lstrip("-") for e in extra)])
+    if tag not in ENCODED:
+        src, ref, folder = carphone
+        stream, recon = str(folder / f"{tag}.gvcc"), str(folder / f"{tag}_recon.y4m")
+        assert gvcc.main(["encode", src, stream, "--model", f"demo-{mode}", "--gop", "17", "--recon", recon, "-y",
+                          "--quiet", *extra]) == 0
+        ENCODED[tag] = stream, media.read_video(recon).frames, 8 * os.path.getsize(stream) / ref.size * 3
+    return ENCODED[tag]
 
 
 def decode(stream, out):
@@ -207,7 +205,7 @@ def decode(stream, out):
 def no_bits(carphone, mode):
     """The sampler's ODE from x_T (bench_demo.write_without_bits: an `-M 1` stream whose header says g_scale 0;
     the format allows it, encode does not): decoded frames."""
-    stream, _, _ = encode(carphone, mode, f"{mode}_M1_nobits", *bench_demo.NO_BITS_ARGS[mode])
+    stream, _, _ = encode(carphone, mode, *bench_demo.NO_BITS_ARGS[mode])
     out = stream[:-5] + "_g0.gvcc"
     bench_demo.write_without_bits(stream, out)
     return decode(out, out[:-5] + ".y4m")
@@ -215,7 +213,7 @@ def no_bits(carphone, mode):
 
 def test_t2v_quality_rises_with_the_rate_and_beats_sampling_without_bits(carphone):
     ref = carphone[1]
-    points = {m: encode(carphone, "t2v", f"t2v_M{m}", "-M", str(m)) for m in (1, 4, 16)}
+    points = {m: encode(carphone, "t2v", "-M", str(m)) for m in (1, 4, 16)}
     rates = [points[m][2] for m in (1, 4, 16)]
     quality = [psnr(ref, points[m][1]) for m in (1, 4, 16)]
     base = psnr(ref, no_bits(carphone, "t2v"))
@@ -226,7 +224,7 @@ def test_t2v_quality_rises_with_the_rate_and_beats_sampling_without_bits(carphon
 
 @pytest.mark.parametrize("mode", ["t2v", "i2v", "flf2v"])
 def test_decode_equals_the_encoders_reconstruction_and_looks_like_the_source(carphone, mode):
-    stream, recon, bpp = encode(carphone, mode, f"{mode}_default")
+    stream, recon, bpp = encode(carphone, mode)
     assert np.array_equal(decode(stream, stream[:-5] + "_dec.y4m"), recon)
     assert psnr(carphone[1], recon) > DEFAULT_PSNR[mode], psnr(carphone[1], recon)
 
@@ -237,8 +235,8 @@ FAST_LOSS_LIMIT = 0.6
 
 
 def test_the_fast_schedule_keeps_the_rate_and_nearly_the_quality(carphone):
-    paper_stream, paper, _ = encode(carphone, "t2v", "t2v_paper")
-    fast_stream, fast, _ = encode(carphone, "t2v", "t2v_fast", "--speed", "fast")
+    paper_stream, paper, _ = encode(carphone, "t2v")
+    fast_stream, fast, _ = encode(carphone, "t2v", "--speed", "fast")
     assert os.path.getsize(fast_stream) == os.path.getsize(paper_stream)     # skipped calls keep their symbols
     assert np.array_equal(decode(fast_stream, fast_stream[:-5] + "_dec.y4m"), fast)
     loss = psnr(carphone[1], paper) - psnr(carphone[1], fast)
